@@ -1,0 +1,30 @@
+# Two entry points: `make demo` runs the main job, `make test` runs the whole check.
+# Each builds its own virtual environment (.venv) from the pinned requirements.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export OMP_WAIT_POLICY := PASSIVE
+
+.PHONY: demo test venv bench clean
+
+$(BIN)/.installed: requirements-test.txt pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-test.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/tensorprograms tour --out figures
+
+test: venv
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python benchmarks/limit_vs_finite.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

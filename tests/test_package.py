@@ -1,0 +1,5 @@
+import tensorprograms as tp
+
+
+def test_version_is_a_string():
+    assert tp.__version__.count(".") == 2
