@@ -47,7 +47,9 @@ def _first_tensor(out) -> torch.Tensor | None:
 
 def _default_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        return nn.functional.cross_entropy(
+            out.reshape(-1, out.shape[-1]), y.reshape(-1)
+        )
     return nn.functional.mse_loss(out, y)
 
 
@@ -98,8 +100,10 @@ def _probe(model: nn.Module, chosen, x) -> dict[str, torch.Tensor]:
 def _batches_for_seed(data, seed: int, steps: int) -> list:
     if callable(data):
         data = data(seed)
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
-        isinstance(d, torch.Tensor) for d in data
+    if (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(d, torch.Tensor) for d in data)
     ):
         return [tuple(data)] * max(steps, 1)
     batches = list(itertools.islice(iter(data), max(steps, 1)))
@@ -191,7 +195,9 @@ class CoordCheckResult:
         act, delta = self.slopes("act"), self.slopes("delta")
         verdicts = self.verdicts()
         width = max(len(n) for n in self.layers + ("layer",))
-        head = f"{'layer':<{width}}  slope|h_0|  max slope|h_t|  max slope|dh_t|  verdict"
+        head = (
+            f"{'layer':<{width}}  slope|h_0|  max slope|h_t|  max slope|dh_t|  verdict"
+        )
         lines = [head, "-" * len(head)]
         for j, layer in enumerate(self.layers):
             a0 = act[0, j]
@@ -333,7 +339,9 @@ def coord_check(
     """
     widths = tuple(int(w) for w in widths)
     if len(set(widths)) < 2:
-        raise ValueError(f"coord_check needs at least two distinct widths, got {widths}")
+        raise ValueError(
+            f"coord_check needs at least two distinct widths, got {widths}"
+        )
     if steps < 1:
         raise ValueError(f"coord_check needs steps >= 1, got {steps}")
     order = np.argsort(widths)

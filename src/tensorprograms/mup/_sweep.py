@@ -169,7 +169,8 @@ def _owner(study, key: str) -> int | None:
 
     states = (TrialState.RUNNING, TrialState.COMPLETE)
     claims = [
-        t for t in study.get_trials(deepcopy=False, states=states)
+        t
+        for t in study.get_trials(deepcopy=False, states=states)
         if t.user_attrs.get(KEY) == key
     ]
     done = [t.number for t in claims if t.state == TrialState.COMPLETE]
@@ -495,8 +496,14 @@ class TransferResult:
                 label = f"width {s[0]}" if self.axis == "width" else f"depth {s[1]}"
                 if len(self.widths) > 1 and len(self.depths) > 1:
                     label = f"w{s[0]} d{s[1]}"
-                ax.plot(lrs, np.where(np.isfinite(loss), loss, np.nan), "-o",
-                        ms=3, color=color, label=label)
+                ax.plot(
+                    lrs,
+                    np.where(np.isfinite(loss), loss, np.nan),
+                    "-o",
+                    ms=3,
+                    color=color,
+                    label=label,
+                )
                 best = self.optimum(p, s)
                 if math.isfinite(best):
                     ax.plot([best], [loss[lrs == best][0]], "*", ms=10, color=color)
@@ -627,7 +634,9 @@ def transfer_sweep(
 
     if lrs is None or not hasattr(lrs, "sample_independent"):
         grid = t.log2_lrs if lrs is None else tuple(float(v) for v in lrs)
-        points = _grid_points(t.name, widths, depths, parametrizations, grid, seeds, steps)
+        points = _grid_points(
+            t.name, widths, depths, parametrizations, grid, seeds, steps
+        )
         study = run_grid(
             objective,
             points,
@@ -649,8 +658,19 @@ def transfer_sweep(
         ]
     else:
         records = _sampler_sweep(
-            t, objective, widths, depths, parametrizations, lrs, seeds, steps,
-            storage, study_name, n_trials or 8, lr_range, stale_after,
+            t,
+            objective,
+            widths,
+            depths,
+            parametrizations,
+            lrs,
+            seeds,
+            steps,
+            storage,
+            study_name,
+            n_trials or 8,
+            lr_range,
+            stale_after,
             show_progress,
         )
     result = TransferResult(t.name, tuple(records), widths, depths, parametrizations)
@@ -660,8 +680,20 @@ def transfer_sweep(
 
 
 def _sampler_sweep(
-    t, objective, widths, depths, parametrizations, sampler, seeds, steps,
-    storage, study_name, n_trials, lr_range, stale_after, show_progress,
+    t,
+    objective,
+    widths,
+    depths,
+    parametrizations,
+    sampler,
+    seeds,
+    steps,
+    storage,
+    study_name,
+    n_trials,
+    lr_range,
+    stale_after,
+    show_progress,
 ) -> list[dict]:
     """One study per size, learning rates drawn by ``sampler``."""
     import optuna
@@ -689,8 +721,14 @@ def _sampler_sweep(
                 log2_lr = trial.suggest_float("log2_lr", *lr_range)
                 losses = [
                     objective(
-                        {"parametrization": p, "width": w, "depth": d,
-                         "log2_lr": log2_lr, "seed": s, "steps": steps},
+                        {
+                            "parametrization": p,
+                            "width": w,
+                            "depth": d,
+                            "log2_lr": log2_lr,
+                            "seed": s,
+                            "steps": steps,
+                        },
                         lambda: None,
                     )
                     for s in seeds
@@ -705,12 +743,20 @@ def _sampler_sweep(
                 study.optimize(
                     obj,
                     n_trials=n_trials - done,
-                    callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))],
+                    callbacks=[
+                        MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE,))
+                    ],
                 )
             for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 records.append(
-                    {"parametrization": p, "width": w, "depth": d, "seed": -1,
-                     "log2_lr": tr.params["log2_lr"], "loss": tr.value}
+                    {
+                        "parametrization": p,
+                        "width": w,
+                        "depth": d,
+                        "seed": -1,
+                        "log2_lr": tr.params["log2_lr"],
+                        "loss": tr.value,
+                    }
                 )
     finally:
         bar.close()
