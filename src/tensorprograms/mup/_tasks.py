@@ -61,7 +61,7 @@ def digits_data(
     Example:
         >>> x, y, xt, yt = digits_data()
         >>> tuple(x.shape), int(y.max()), x.shape[0] + xt.shape[0]
-        ((1437, 64), 9, 1797)
+        ((1438, 64), 9, 1797)
     """
     from sklearn.datasets import load_digits
 
