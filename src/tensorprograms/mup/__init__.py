@@ -20,6 +20,7 @@ Which table each piece implements (TP5 = arXiv 2203.03466):
   section 3, TP4b, spectral condition), which also give SP, NTP, spectral.
 """
 
+from ._depth import MuResidual, depth_mults
 from ._optim import (
     MuAdam,
     MuAdamW,
@@ -56,6 +57,8 @@ __all__ = [
     "MuSGD",
     "MuAdam",
     "MuAdamW",
+    "MuResidual",
+    "depth_mults",
     "mu_param_groups",
     "mu_optimizer",
     "attach_mu_hooks",

@@ -50,7 +50,7 @@ from torch.optim import SGD, Adam, AdamW
 
 from ..parametrization import DEPTH_MUP, get_parametrization, scaling
 from ._setup import unwrap
-from ._shapes import ParamInfo, Role
+from ._shapes import ParamInfo, Role, clean_name
 from ._state import info_of_tensor, named_infos
 
 __all__ = [
@@ -108,7 +108,7 @@ def param_factors(
             info.role.value,
             fan_in_mult=fan_in,
             fan_out_mult=fan_out,
-            parametrization=get_parametrization("mup", kind),
+            parametrization=get_parametrization(info.parametrization, kind),
             multiplier_exponent=1.0 if info.role is Role.OUTPUT else 0.0,
         )
         lr, eps = s.lr, s.eps
@@ -161,8 +161,9 @@ def mu_param_groups(
 
     Splits each group by the factors of :func:`param_factors`. Each group keeps the
     global ``lr`` / ``weight_decay`` and gets ``mu_lr_factor``, ``mu_wd_factor``
-    (and ``mu_eps_factor``); build the optimizer with :func:`mu_optimizer`, or call
-    :func:`attach_mu_hooks` on it, which applies the factors at every step.
+    (and ``mu_eps_factor``) and ``mu_names`` (the parameters' names); build the
+    optimizer with :func:`mu_optimizer`, or call :func:`attach_mu_hooks` on it,
+    which applies the factors at every step.
 
     Args:
         params: a set-up model (best: works after deepcopy and under FSDP), its
@@ -199,13 +200,14 @@ def mu_param_groups(
             f = param_factors(info, optimizer, weight_decay_scaling, eps_scaling)
             key = (f["lr"], f["weight_decay"], f["eps"])
             if key not in buckets:
-                group = {**extra, "params": []}
+                group = {**extra, "params": [], "mu_names": []}
                 group["mu_lr_factor"] = f["lr"]
                 group["mu_wd_factor"] = f["weight_decay"]
                 if eps_scaling:
                     group["mu_eps_factor"] = f["eps"]
                 buckets[key] = group
             buckets[key]["params"].append(p)
+            buckets[key]["mu_names"].append(info.name)
         out.extend(buckets.values())
     return out
 
@@ -334,15 +336,22 @@ def effective_hparams(optimizer: torch.optim.Optimizer, model=None) -> dict:
 
     Args:
         optimizer: a muP optimizer (or any optimizer: factors default to 1).
-        model: if given, keys are its parameter names; else names from the
-            parameters' muP info.
+        model: if given, names parameters the groups do not name.
 
     Returns:
-        dict name -> {"lr", "weight_decay", "eps" (when the group has it)}.
+        dict parameter name -> {"lr", "weight_decay", "eps" (when the group has
+        them)}; names as recorded in ``group["mu_names"]`` (wrapper prefixes
+        removed).
+
+    >>> from torch import nn
+    >>> from tensorprograms.mup import set_base_shapes
+    >>> model = set_base_shapes(nn.Linear(32, 32), nn.Linear(8, 8))
+    >>> effective_hparams(MuSGD(model, lr=1.0))["bias"]["lr"]
+    4.0
     """
     names = {}
     if model is not None:
-        names = {id(p): n for n, p in unwrap(model).named_parameters()}
+        names = {id(p): clean_name(n) for n, p in unwrap(model).named_parameters()}
     out = {}
     for g in optimizer.param_groups:
         saved = g.get(_SAVED, {})
@@ -350,9 +359,9 @@ def effective_hparams(optimizer: torch.optim.Optimizer, model=None) -> dict:
         for key, fkey in (*_FACTOR_KEYS, _EPS_KEY):
             if key in g:
                 values[key] = saved.get(key, g[key]) * g.get(fkey, 1.0)
-        for p in g["params"]:
-            name = names.get(id(p))
+        recorded = g.get("mu_names") or [None] * len(g["params"])
+        for p, name in zip(g["params"], recorded):
             if name is None:
-                name = info_of_tensor(p).name
+                name = names.get(id(p)) or info_of_tensor(p).name
             out[name] = dict(values)
     return out

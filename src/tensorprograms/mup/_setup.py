@@ -20,13 +20,15 @@ so a second call (or a call with another base) applies only the difference.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from ._readout import MuSharedReadout, is_readout
+from ..parametrization import get_parametrization
+from ._depth import depth_mults
+from ._readout import is_readout
 from ._shapes import (
     BaseShapes,
     InfShape,
@@ -82,25 +84,54 @@ def _resolve_base(model, base, delta) -> dict[str, tuple]:
     return plain_base(base_shapes, model_shapes)
 
 
-def _target_factors(model: nn.Module, infos) -> dict[str, float]:
-    """Factor relative to PyTorch's default init that muP wants, per parameter."""
-    names = {id(p): clean_name(n) for n, p in model.named_parameters()}
-    factors = {}
-    for _, module in model.named_modules():
+def _torch_std_factor(model: nn.Module, infos, names) -> dict[str, float]:
+    """How PyTorch's default init of each parameter scales with width, vs. base.
+
+    ``nn.Linear`` / ``nn.Conv*d`` draw weight and bias with std ~ fan_in^(-1/2);
+    embeddings, norms and custom parameters are taken as width-independent.
+    """
+    out = {}
+    for module in model.modules():
         weight = getattr(module, "weight", None)
-        bias = getattr(module, "bias", None)
+        if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+            continue
+        if not isinstance(module, nn.Linear | nn.modules.conv._ConvNd):
+            continue
         if not isinstance(weight, torch.Tensor) or id(weight) not in names:
             continue
-        winfo = infos[names[id(weight)]]
-        if is_readout(module):
-            mult = math.sqrt(winfo.width_mult)
-            if not isinstance(module, MuSharedReadout):
-                factors[names[id(weight)]] = mult
-            if isinstance(bias, torch.Tensor) and id(bias) in names:
-                factors[names[id(bias)]] = mult
-        elif isinstance(module, nn.Linear | nn.modules.conv._ConvNd):
-            if isinstance(bias, torch.Tensor) and id(bias) in names:
-                factors[names[id(bias)]] = math.sqrt(winfo.fan_in_mult)
+        factor = infos[names[id(weight)]].fan_in_mult ** -0.5
+        for p in module.parameters(recurse=False):
+            if id(p) in names:
+                out.setdefault(names[id(p)], factor)
+    for module in model.modules():  # a tied weight was drawn by its embedding
+        if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+            for p in module.parameters(recurse=False):
+                if id(p) in names:
+                    out[names[id(p)]] = 1.0
+    return out
+
+
+def _target_factors(model: nn.Module, infos, parametrization: str) -> dict:
+    """Factor on PyTorch's default init that the parametrization wants (TP5 Table
+    3 init row, readouts in Table 8's multiplier form), per parameter name."""
+    names = {id(p): clean_name(n) for n, p in model.named_parameters()}
+    readout_weights = {
+        id(m.weight) for m in model.modules() if is_readout(m) and m.weight is not None
+    }
+    table = get_parametrization(parametrization, "sgd")  # b is the same for Adam
+    torch_std = _torch_std_factor(model, infos, names)
+    factors = {}
+    for pid, name in names.items():
+        info = infos[name]
+        target = 1.0
+        if info.role is not Role.FIXED:
+            exps = table.layer(info.role.value)
+            a = 1.0 if pid in readout_weights else 0.0
+            exps = exps.with_multiplier(a, table.optimizer)
+            target = info.role_width_mult ** (-exps.b)
+        factor = target / torch_std.get(name, 1.0)
+        if factor != 1.0:
+            factors[name] = factor
     return factors
 
 
@@ -128,6 +159,7 @@ def set_base_shapes(
     savefile: str | None = None,
     do_assert: bool = True,
     roles: Mapping[str, str] | None = None,
+    parametrization: str = "mup",
 ) -> nn.Module:
     """Set up ``model`` for muP relative to a base model (TP5 section 5, Table 3/8).
 
@@ -151,6 +183,11 @@ def set_base_shapes(
             should be a :class:`MuReadout`).
         roles: override the inferred role of named parameters
             ("input" | "hidden" | "output" | "vector" | "fixed").
+        parametrization: "mup" (default), or "sp", "ntp", "spectral",
+            "mean_field": the table of :mod:`tensorprograms.parametrization` used
+            for init here and for learning rates by the optimizers, realised with
+            the modules' actual multipliers (readouts: 1/width_mult) through the
+            multiplier symmetry. "sp" gives plain PyTorch behaviour at any width.
 
     Returns:
         ``model`` itself.
@@ -171,14 +208,22 @@ def set_base_shapes(
     base_shapes = _resolve_base(inner, base, delta)
     infos = infer_infos(inner, base_shapes, roles)
     _check_readouts(inner, infos, do_assert)
+    depth = depth_mults(inner)
+    ids = {clean_name(n): id(p) for n, p in inner.named_parameters()}
+    infos = {
+        n: dataclasses.replace(
+            i, depth_mult=depth.get(ids[n], 1.0), parametrization=parametrization
+        )
+        for n, i in infos.items()
+    }
 
     old = inner.__dict__.get(STATE_ATTR)
     done = dict(old.rescaled) if old is not None else {}
-    targets = _target_factors(inner, infos)
+    targets = _target_factors(inner, infos, parametrization)
     params = {clean_name(n): p for n, p in inner.named_parameters()}
     with torch.no_grad():
-        for name, target in targets.items():
-            previous = done.get(name, 1.0)
+        for name in set(targets) | set(done):
+            target, previous = targets.get(name, 1.0), done.get(name, 1.0)
             if rescale_params and target != previous:
                 params[name].mul_(target / previous)
             done[name] = target
@@ -191,7 +236,7 @@ def set_base_shapes(
         p.infshape = infos[name].infshape
         p._tp_mup_info = infos[name]
 
-    inner.__dict__[STATE_ATTR] = MuState(infos, done, "mup", inner)
+    inner.__dict__[STATE_ATTR] = MuState(infos, done, parametrization, inner)
     if savefile is not None:
         save_base_shapes(
             BaseShapes({n: tuple(i.infshape.base_shape()) for n, i in infos.items()}),

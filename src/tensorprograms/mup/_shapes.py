@@ -153,6 +153,8 @@ class ParamInfo:
         tied: True when the same tensor is used as an embedding and as a readout.
         depth_mult: depth / base depth for parameters inside a Depth-muP residual
             branch (:class:`MuResidual`), else 1.
+        parametrization: name of the table that applies ("mup", "sp", "ntp",
+            "spectral", "mean_field"; see :mod:`tensorprograms.parametrization`).
     """
 
     name: str
@@ -161,6 +163,15 @@ class ParamInfo:
     module_type: str
     tied: bool = False
     depth_mult: float = 1.0
+    parametrization: str = "mup"
+
+    @property
+    def role_width_mult(self) -> float:
+        """The n of the parametrization tables: fan_in for hidden weights, the
+        width dimension otherwise."""
+        if self.role is Role.HIDDEN:
+            return self.fan_in_mult
+        return self.width_mult
 
     @property
     def width_mult(self) -> float:
