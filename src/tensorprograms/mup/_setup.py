@@ -124,7 +124,11 @@ def _target_factors(model: nn.Module, infos, parametrization: str) -> dict:
     for pid, name in names.items():
         info = infos[name]
         target = 1.0
-        if info.role is not Role.FIXED:
+        if parametrization == "sp" and pid not in readout_weights:
+            # SP is PyTorch's default; biases keep PyTorch's 1/sqrt(fan_in) bound
+            # (TP4 writes SP's biases width-independent; same classification).
+            target = torch_std.get(name, 1.0)
+        elif info.role is not Role.FIXED:
             exps = table.layer(info.role.value)
             a = 1.0 if pid in readout_weights else 0.0
             exps = exps.with_multiplier(a, table.optimizer)
