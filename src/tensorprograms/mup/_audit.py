@@ -130,24 +130,34 @@ def _effective_lrs(optimizer) -> list[float]:
 
 
 def _ratios_change(optimizer, scheduler, steps: int = 3) -> bool:
-    """Step ``scheduler`` a few times on saved state and tell whether the ratios of
-    effective learning rates between parameter groups change; restore after."""
+    """Whether ``scheduler`` makes the ratios of effective learning rates between
+    parameter groups differ from those at the optimizer's creation (the groups'
+    ``initial_lr``), now or over a few steps (stepped on saved state, restored
+    after)."""
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         return False  # multiplies every group by one factor
+    groups = optimizer.param_groups
+    initial = [
+        float(g.get("initial_lr", g["lr"])) * g.get("mu_lr_factor", 1.0) for g in groups
+    ]
+
+    def differs(lrs) -> bool:
+        if any(v == 0 for v in lrs) or any(v == 0 for v in initial):
+            return False
+        r0 = [v / initial[0] for v in initial]
+        r1 = [v / lrs[0] for v in lrs]
+        return any(not math.isclose(x, y, rel_tol=1e-6) for x, y in zip(r0, r1))
+
+    if differs(_effective_lrs(optimizer)):
+        return True
     opt_state = optimizer.state_dict()
     sched_state = scheduler.state_dict()
     try:
-        before = _effective_lrs(optimizer)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for _ in range(steps):
                 scheduler.step()
-                after = _effective_lrs(optimizer)
-                if any(a == 0 for a in after) or any(b == 0 for b in before):
-                    continue
-                r0 = [b / before[0] for b in before]
-                r1 = [a / after[0] for a in after]
-                if any(not math.isclose(x, y, rel_tol=1e-6) for x, y in zip(r0, r1)):
+                if differs(_effective_lrs(optimizer)):
                     return True
         return False
     finally:
@@ -223,8 +233,10 @@ def audit(
         ...                          nn.ReLU(), MuReadout(w, 1, readout_zero_init=True))
         >>> model = set_base_shapes(net(64), net(16))
         >>> r = audit(model, MuAdam(model, lr=1e-2))
-        >>> [(row.name, row.role, row.lr_factor) for row in r.rows[::2]]
-        [('0.weight', 'input', 1.0), ('2.weight', 'hidden', 0.25), ('4.weight', 'output', 1.0)]
+        >>> [(row.name, row.role) for row in r.rows[::2]]
+        [('0.weight', 'input'), ('2.weight', 'hidden'), ('4.weight', 'output')]
+        >>> [row.lr_factor for row in r.rows[::2]]
+        [1.0, 0.25, 1.0]
         >>> r.issues
         ()
     """
@@ -258,7 +270,7 @@ def audit(
         mult = 1.0
         ro = readouts.get(id(p))
         if ro is not None:
-            mult = ro.output_mult / ro.width_mult()
+            mult = ro.output_mult / (ro.width_mult() if set_up else 1.0)
         if info is not None and info.depth_mult != 1.0:
             mult *= info.depth_mult**-0.5
         std = float(p.detach().float().std()) if p.numel() > 1 else 0.0

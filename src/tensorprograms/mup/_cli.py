@@ -38,7 +38,8 @@ def _lrs(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected log2 learning rates as LO:HI[:STEP] or a comma list, got {text!r}"
+            "expected log2 learning rates as LO:HI[:STEP] or a comma list, "
+            f"got {text!r}"
         ) from None
 
 
@@ -77,7 +78,12 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--widths", type=_ints, default=None)
     p.add_argument("--depths", type=_ints, default=None)
     p.add_argument("--parametrizations", default="mup,sp", help="comma list of mup, sp")
-    p.add_argument("--lrs", type=_lrs, default=None, help="log2 lrs, e.g. -13:-3")
+    p.add_argument(
+        "--lrs",
+        type=_lrs,
+        default=None,
+        help="log2 lrs, e.g. --lrs=-13:-3 or --lrs=-10,-8,-6",
+    )
     p.add_argument(
         "--sampler",
         choices=("grid", "tpe", "random"),
