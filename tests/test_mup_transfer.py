@@ -68,7 +68,7 @@ def test_cli_coord_check_and_transfer(tmp_path, capsys):
     argv = ["transfer", "--widths", "16,32", "--lrs=-8:-6", "--steps", "3"]
     argv += ["--storage", f"sqlite:///{tmp_path}/t.db", "--out", str(tmp_path)]
     assert main([*argv, "--no-progress"]) == 0
-    hps = json.loads((tmp_path / "hparams.json").read_text())
+    hps = json.loads((tmp_path / "hparams_mlp.json").read_text())
     assert hps["parametrization"] == "mup" and hps["target"]["width"] == 32
     assert (tmp_path / "transfer_mlp.png").exists()
     assert main(["audit", "--width", "64"]) == 0

@@ -488,7 +488,9 @@ class TransferResult:
         import matplotlib.pyplot as plt
 
         n = len(self.parametrizations)
-        fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+        fig, axes = plt.subplots(
+            1, n, figsize=(4.2 * n, 3.4), squeeze=False, sharey=True
+        )
         cmap = plt.get_cmap("viridis")
         sizes = self.sizes
         finite = [r["loss"] for r in self.records if math.isfinite(r["loss"])]
@@ -512,13 +514,14 @@ class TransferResult:
                 best = self.optimum(p, s)
                 if math.isfinite(best):
                     ax.plot([best], [loss[lrs == best][0]], "*", ms=10, color=color)
+            name = {"mup": "muP", "sp": "SP"}.get(p, p)
             ax.set_title(
-                f"{p}: optimum moves {self.shift(p):.0f} octave(s)", fontsize=10
+                f"{name}: optimum moves {self.shift(p):.0f} octave(s)", fontsize=10
             )
             ax.set_xlabel("log2 learning rate")
             ax.set_ylim(low - 0.05 * (top - low), top)
             ax.grid(alpha=0.3)
-        axes[0, 0].set_ylabel("training loss")
+        axes[0, 0].set_ylabel("mean training loss")
         axes[0, -1].legend(fontsize=7)
         fig.suptitle(f"muTransfer on task {self.task!r}", fontsize=11)
         fig.tight_layout()
@@ -528,13 +531,13 @@ class TransferResult:
         return fig
 
     def save(self, out) -> dict[str, Path]:
-        """Write ``transfer_<task>.png``, ``hparams.json`` (muP's chosen HPs)
-        and ``transfer_<task>.txt`` (the summary) into directory ``out``."""
+        """Write ``transfer_<task>.png``, ``hparams_<task>.json`` (muP's chosen
+        HPs) and ``transfer_<task>.txt`` (the summary) into directory ``out``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         paths = {
             "figure": out / f"transfer_{self.task}.png",
-            "hparams": out / "hparams.json",
+            "hparams": out / f"hparams_{self.task}.json",
             "summary": out / f"transfer_{self.task}.txt",
         }
         self.plot(paths["figure"])
