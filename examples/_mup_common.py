@@ -26,7 +26,7 @@ def ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
 
-def coordinate_check(task: str, widths, out: Path, log2_lr: float = -8.0, depth=None):
+def coordinate_check(task: str, widths, out: Path, log2_lr=None, depth=None):
     """muP against SP; prints both tables, saves the figure, returns results."""
     results = {
         p: builtin_coord_check(
@@ -35,7 +35,7 @@ def coordinate_check(task: str, widths, out: Path, log2_lr: float = -8.0, depth=
         for p in ("mup", "sp")
     }
     for p, r in results.items():
-        print(f"-- coordinate check, {task}, {p} (Adam lr 2^{log2_lr:g}) --")
+        print(f"-- coordinate check, {task}, {p} --")
         print(r.table())
     path = out / f"coord_check_{task}.png"
     plot_coord_checks({"muP": results["mup"], "SP": results["sp"]}, path)
@@ -61,16 +61,15 @@ def sweep(task: str, args, widths=None, depths=None):
     return result
 
 
-def verdict(result, mup_max: float = 1, sp_min: float = 2) -> bool:
+def verdict(result, mup_max=1, sp_min=2, require_not_worse=True) -> bool:
     """The acceptance check: muP's optimum moves <= mup_max octaves, SP's >=
-    sp_min, and in muP the largest model is not worse at the transferred lr."""
+    sp_min, and (if required) in muP the largest model is not worse at the
+    transferred lr."""
     tl = result.transferred_losses("mup")
     sizes = result.sizes
-    ok = (
-        result.shift("mup") <= mup_max
-        and result.shift("sp") >= sp_min
-        and tl[sizes[-1]] <= tl[sizes[0]]
-    )
+    ok = result.shift("mup") <= mup_max and result.shift("sp") >= sp_min
+    if require_not_worse:
+        ok = ok and tl[sizes[-1]] <= tl[sizes[0]]
     print(
         f"optimum shift: muP {result.shift('mup'):.0f}, SP {result.shift('sp'):.0f} "
         f"octaves; muP loss at the transferred lr {tl[sizes[0]]:.4f} "

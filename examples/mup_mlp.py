@@ -28,7 +28,9 @@ def main() -> int:
     width = sweep("mlp", args, widths=ints(args.widths))
     ok_width = verdict(width)
     depth = sweep("resmlp", args, widths=(args.depth_width,), depths=ints(args.depths))
-    ok_depth = verdict(depth)
+    # across depth the acceptance is on the optimum only (TP6: transfer of the
+    # optimum); whether deeper is better on this small task is reported above
+    ok_depth = verdict(depth, require_not_worse=False)
     return 0 if ok_width and ok_depth else 1
 
 

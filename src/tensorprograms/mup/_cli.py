@@ -60,7 +60,12 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--seeds", type=_ints, default=(0, 1))
-    p.add_argument("--log2-lr", type=float, default=-8.0)
+    p.add_argument(
+        "--log2-lr",
+        type=float,
+        default=None,
+        help="default: the task's, near muP's optimum",
+    )
     p.add_argument("--tol", type=float, default=0.25)
     p.add_argument("--out", type=Path, default=Path("figures"))
     p.set_defaults(func=run_coord_check)

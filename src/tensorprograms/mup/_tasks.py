@@ -400,6 +400,8 @@ class Task:
         widths, depths: default sweep sizes.
         log2_lrs: default Adam learning-rate grid (log2).
         steps: default number of training steps.
+        coord_log2_lr: Adam learning rate (log2) of the default coordinate
+            check: near muP's optimum on the task.
     """
 
     name: str
@@ -413,6 +415,7 @@ class Task:
     depths: tuple[int, ...]
     log2_lrs: tuple[float, ...]
     steps: int
+    coord_log2_lr: float = -6.0
 
     def build(self, width: int, depth: int | None = None, parametrization="mup"):
         """The model at ``width`` and ``depth`` with ``parametrization`` applied.
@@ -529,6 +532,7 @@ def _make_mlp() -> Task:
         depths=(2,),
         log2_lrs=tuple(float(v) for v in range(-13, -2)),
         steps=60,
+        coord_log2_lr=-5.0,
     )
 
 
@@ -579,6 +583,7 @@ def _make_transformer() -> Task:
         depths=(2,),
         log2_lrs=tuple(float(v) for v in range(-12, -3)),
         steps=100,
+        coord_log2_lr=-5.0,
     )
 
 
