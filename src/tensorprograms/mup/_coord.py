@@ -239,8 +239,10 @@ def plot_coord_checks(
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib import ticker
+    from matplotlib.lines import Line2D
 
     rows = [(k, q) for k in results for q in quantities]
+    legend: dict = {}
     ncols = max(r.steps + 1 for r in results.values())
     fig, axes = plt.subplots(
         len(rows), ncols, figsize=(2.6 * ncols, 2.4 * len(rows)), squeeze=False
@@ -269,7 +271,7 @@ def plot_coord_checks(
                     color=cmap(j % ncolor if ncolor == 10 else j / ncolor),
                     lw=2.4 if bad else 1,
                     ls="-" if bad else "--",
-                    label=layer + (" (grows)" if bad else ""),
+                    label=layer,
                 )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
@@ -284,8 +286,20 @@ def plot_coord_checks(
                 ax.set_ylabel(label, fontsize=8)
             if i == len(rows) - 1:
                 ax.set_xlabel("width", fontsize=8)
-        axes[i, -1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        for j, layer in enumerate(res.layers):
+            color = cmap(j % ncolor if ncolor == 10 else j / ncolor)
+            legend.setdefault(layer, Line2D([], [], color=color, marker="o", ms=3))
+    legend["grows with width"] = Line2D([], [], color="0.3", lw=2.4)
+    legend["flat or shrinks"] = Line2D([], [], color="0.3", lw=1, ls="--")
     fig.tight_layout()
+    fig.legend(
+        list(legend.values()),
+        list(legend),
+        fontsize=7,
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        frameon=False,
+    )
     if path is not None:
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
