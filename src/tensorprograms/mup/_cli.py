@@ -95,7 +95,9 @@ def add_subcommands(subparsers) -> None:
         default="grid",
         help="grid over --lrs, or an Optuna sampler in --lr-range",
     )
-    p.add_argument("--lr-range", type=_lrs, default=(-14.0, -4.0))
+    p.add_argument(
+        "--lr-range", type=_lrs, default=(-14.0, -4.0), help="e.g. --lr-range=-14:-4"
+    )
     p.add_argument("--n-trials", type=int, default=None)
     p.add_argument("--seeds", type=_ints, default=(0,))
     p.add_argument("--steps", type=int, default=None)
@@ -155,7 +157,7 @@ def run_transfer(args) -> int:
         lrs = optuna.samplers.TPESampler(seed=0)
     elif args.sampler == "random":
         lrs = optuna.samplers.RandomSampler(seed=0)
-    if args.sampler != "grid" and len(args.lr_range) != 2:
+    if args.sampler != "grid" and len(args.lr_range) < 2:
         raise SystemExit("--lr-range must be LO:HI for a sampler")
     result = transfer_sweep(
         args.task,

@@ -124,30 +124,47 @@ def _new_worker() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex}
 
 
-def _distributions(points: list[dict]) -> dict:
-    from optuna.distributions import CategoricalDistribution
+def _params(point: dict) -> tuple[dict, dict]:
+    """Optuna params and distributions for a grid point's numbers.
 
-    names = sorted({k for p in points for k in p})
-    out = {}
-    for name in names:
-        values = sorted({p[name] for p in points}, key=lambda v: (str(type(v)), v))
-        out[name] = CategoricalDistribution(values)
-    return out
+    Each number gets a one-point distribution (``low = high``), so that grids
+    of different runs can share a study (Optuna refuses categorical choices
+    that change); strings are kept only in the point's key (a user attribute).
+    """
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    params, dists = {}, {}
+    for name, v in point.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, int):
+            dists[name] = IntDistribution(v, v)
+        else:
+            dists[name] = FloatDistribution(v, v)
+        params[name] = v
+    return params, dists
 
 
-def _claim(study, point: dict, key: str, worker: dict, distributions) -> int:
+def point_of(trial) -> dict | None:
+    """The grid point of a trial made by :func:`run_grid` (None otherwise)."""
+    key = trial.user_attrs.get(KEY)
+    return None if key is None else json.loads(key)
+
+
+def _claim(study, point: dict, key: str, worker: dict) -> int:
     """Create a RUNNING trial that carries ``key`` in one transaction."""
     from optuna.trial import FrozenTrial, TrialState
 
     now = time.time()
+    params, distributions = _params(point)
     template = FrozenTrial(
         number=0,
         state=TrialState.RUNNING,
         value=None,
         datetime_start=datetime.datetime.now(),
         datetime_complete=None,
-        params=dict(point),
-        distributions={k: distributions[k] for k in point},
+        params=params,
+        distributions=distributions,
         user_attrs={
             KEY: key,
             _HOST: worker["host"],
@@ -229,7 +246,6 @@ def run_grid(
     keys = [_key(p) for p in points]
     if len(set(keys)) != len(keys):
         raise ValueError("run_grid: the grid has duplicate points")
-    distributions = _distributions(points)
     study = optuna.create_study(
         storage=make_storage(storage),
         study_name=study_name,
@@ -258,7 +274,7 @@ def run_grid(
                     continue
                 break
             point, key = free[0]
-            number = _claim(study, point, key, worker, distributions)
+            number = _claim(study, point, key, worker)
             if _owner(study, key) != number:
                 _finish(study, number, None, superseded=True)
                 continue
@@ -468,7 +484,7 @@ class TransferResult:
             for s in self.sizes:
                 lines.append(
                     f"    width {s[0]:>5} depth {s[1]:>3}: best log2 lr "
-                    f"{opt[s]:+.0f}, loss at proxy-tuned lr {tl[s]:.4f}"
+                    f"{opt[s]:+.1f}, loss at proxy-tuned lr {tl[s]:.4f}"
                 )
             lines.append(
                 f"    optimum moves by {self.shift(p):.0f} octave(s): "
@@ -658,7 +674,7 @@ def transfer_sweep(
         )
         wanted = {_key(p) for p in points}
         records = [
-            {**tr.params, "loss": tr.value}
+            {**point_of(tr), "loss": tr.value}
             for tr in study.get_trials(deepcopy=False)
             if tr.state.is_finished()
             and tr.value is not None
