@@ -159,3 +159,32 @@ def test_depth_mup_learning_rates(kind, factor):
     assert eff["1.branch.1.weight"]["lr"] == pytest.approx(factor * width_factor)
     assert eff["0.weight"]["lr"] == pytest.approx(1.0 if kind == "MuAdam" else 2.0)
     assert tpm.get_state(model).infos["3.branch.1.bias"].depth_mult == 4.0
+
+
+@pytest.mark.parametrize(
+    "fn, kw",
+    [
+        ("normal_", {"std": 0.5}),
+        ("uniform_", {"a": -1.0, "b": 1.0}),
+        ("trunc_normal_", {}),
+        ("kaiming_normal_", {"mode": "fan_out"}),
+        ("kaiming_uniform_", {"a": 5**0.5}),
+        ("xavier_normal_", {}),
+        ("xavier_uniform_", {"gain": 0.5}),
+    ],
+)
+def test_init_helpers_equal_torch_at_base_and_scale_hidden(fn, kw):
+    model = setup(BASE)
+    torch.manual_seed(1)
+    ours = getattr(tpm.init, fn)(model.fc2.weight, **kw).detach().clone()
+    torch.manual_seed(1)
+    ref = getattr(torch.nn.init, fn)(torch.empty(BASE, BASE), **kw)
+    assert torch.equal(ours, ref)
+    wide = setup(8 * BASE)
+    getattr(tpm.init, fn)(wide.fc2.weight, **kw)
+    getattr(tpm.init, fn)(wide.fc1.weight, **kw)
+    # hidden: std at base shapes / sqrt(8); input weight: as at base (fan_in fixed)
+    n = wide.fc2.weight.numel()
+    assert wide.fc2.weight.std().item() == pytest.approx(
+        ref.std().item() / math.sqrt(8), rel=5 * math.sqrt(1 / n) + 5 / BASE
+    )
