@@ -26,6 +26,7 @@ Which table each piece implements (TP5 = arXiv 2203.03466):
 from . import init
 from ._attention import attention_scale, mu_attention, zero_query_
 from ._depth import MuResidual, depth_mults
+from ._describe import ParamRow, describe
 from ._optim import (
     MuAdam,
     MuAdamW,
@@ -44,6 +45,7 @@ from ._shapes import (
     InfShape,
     ParamInfo,
     Role,
+    get_shapes,
     load_base_shapes,
     make_base_shapes,
     save_base_shapes,
@@ -53,6 +55,7 @@ from ._state import get_state, named_infos
 __all__ = [
     "set_base_shapes",
     "make_base_shapes",
+    "get_shapes",
     "save_base_shapes",
     "load_base_shapes",
     "MuReadout",
@@ -74,6 +77,8 @@ __all__ = [
     "effective_hparams",
     "param_factors",
     "named_infos",
+    "describe",
+    "ParamRow",
     "get_state",
     "unwrap",
     "BaseShapes",

@@ -36,6 +36,7 @@ __all__ = [
     "ParamInfo",
     "BaseShapes",
     "make_base_shapes",
+    "get_shapes",
     "save_base_shapes",
     "load_base_shapes",
 ]
@@ -271,6 +272,16 @@ def _zip_base(base: Mapping, delta: Mapping) -> dict[str, tuple]:
             "width)"
         )
     return out
+
+
+def get_shapes(model: nn.Module) -> dict[str, tuple]:
+    """Parameter shapes by name (``mup.get_shapes``), e.g. for :func:`make_base_shapes`.
+
+    >>> from torch import nn
+    >>> get_shapes(nn.Linear(3, 2))
+    {'weight': (2, 3), 'bias': (2,)}
+    """
+    return param_shapes(model)
 
 
 def make_base_shapes(base_shapes, delta_shapes, savefile: str | None = None):
