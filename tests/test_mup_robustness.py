@@ -51,6 +51,7 @@ def test_copies_keep_mup(clone):
     other = clone(model)
     assert torch.equal(other(X), model(X))
     assert hparams(other) == hparams(model)
+    assert other.fc2.weight.infshape.width_mult() == 4.0  # re-attached for mup code
     assert other.out.width_mult() == 4.0
     tpm.set_base_shapes(other, MLP(16, tpm.MuReadout), delta=MLP(32, tpm.MuReadout))
     assert torch.equal(other(X), model(X))  # idempotent on the copy too

@@ -124,9 +124,17 @@ def info_of_tensor(p) -> ParamInfo:
         root = state.root
         if root is None:
             continue
-        for name, q in root.named_parameters():
-            if q is p:
-                return state.infos[clean_name(name)]
+        params = dict(root.named_parameters())
+        if not any(q is p for q in params.values()):
+            continue
+        # re-attach the attributes (lost by deepcopy, assign-loading, FSDP) so that
+        # the next lookups, and code written for mup, find them directly
+        for name, q in params.items():
+            info = state.infos.get(clean_name(name))
+            if info is not None:
+                q.infshape = info.infshape
+                q._tp_mup_info = info
+        return p._tp_mup_info
     raise ValueError(
         f"a parameter of shape {tuple(p.shape)} belongs to no model set up with "
         "set_base_shapes; call tensorprograms.mup.set_base_shapes(model, base) "
