@@ -400,7 +400,7 @@ def _role(name: str, shape: InfShape, modules: Iterable[nn.Module]) -> tuple:
     )
     if ninf == 2 and shape[0].isinf() and shape[1].isinf():
         return Role.HIDDEN, False
-    if ninf == 1 and shape[0].isinf() and linear_like:
+    if ninf == 1 and shape[0].isinf():  # PyTorch's (fan_out, fan_in, ...) layout
         return Role.INPUT, False
     if ninf == 1 and shape[1].isinf() and linear_like:
         return Role.OUTPUT, False
