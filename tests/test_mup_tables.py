@@ -188,3 +188,26 @@ def test_init_helpers_equal_torch_at_base_and_scale_hidden(fn, kw):
     assert wide.fc2.weight.std().item() == pytest.approx(
         ref.std().item() / math.sqrt(8), rel=5 * math.sqrt(1 / n) + 5 / BASE
     )
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_plain_linear_readout_gets_table3_without_multiplier(optimizer):
+    """do_assert=False keeps an nn.Linear readout: Table 3 applies as written."""
+
+    def net(width):
+        return MLP(width, lambda i, o, **kw: nn.Linear(i, o))
+
+    torch.manual_seed(0)
+    model = tpm.set_base_shapes(net(256), net(BASE), do_assert=False)
+    torch.manual_seed(0)
+    mu = setup(256)  # same draws, MuReadout form
+    with torch.no_grad():  # Table 3 init of the plain readout = effective MuReadout
+        torch.testing.assert_close(model.out.weight, mu.out.weight / 8)
+    ref, ref_opt = table3_reference(mu, optimizer, 0.05, eps=1e-4)
+    if optimizer == "sgd":
+        opt = tpm.MuSGD(model, lr=0.05)
+    else:
+        opt = tpm.MuAdam(model, lr=0.05, eps=1e-4, eps_scaling=True)
+    train(model, opt)
+    train(ref, ref_opt)
+    torch.testing.assert_close(model(X), ref(X), rtol=1e-4, atol=1e-5)

@@ -109,7 +109,7 @@ def param_factors(
             fan_in_mult=fan_in,
             fan_out_mult=fan_out,
             parametrization=get_parametrization(info.parametrization, kind),
-            multiplier_exponent=1.0 if info.role is Role.OUTPUT else 0.0,
+            multiplier_exponent=info.multiplier_exponent,
         )
         lr, eps = s.lr, s.eps
     if info.depth_mult != 1.0 and info.role is not Role.FIXED:

@@ -156,6 +156,8 @@ class ParamInfo:
             branch (:class:`MuResidual`), else 1.
         parametrization: name of the table that applies ("mup", "sp", "ntp",
             "spectral", "mean_field"; see :mod:`tensorprograms.parametrization`).
+        multiplier_exponent: a of the forward multiplier width_mult^-a the module
+            applies (1 for readout weights in MuReadout & co., else 0).
     """
 
     name: str
@@ -165,6 +167,7 @@ class ParamInfo:
     tied: bool = False
     depth_mult: float = 1.0
     parametrization: str = "mup"
+    multiplier_exponent: float = 0.0
 
     @property
     def role_width_mult(self) -> float:
