@@ -139,14 +139,18 @@ def test_ddp_two_processes(dist_result, reference):
     assert STEPS == 3
 
 
-def test_fsdp_two_processes(dist_result, reference):
-    if "fsdp_error" in dist_result:
-        pytest.skip(f"FSDP on CPU is not supported here: {dist_result['fsdp_error']}")
+@pytest.mark.parametrize("key", ["fsdp", "fsdp1"])
+def test_fsdp_two_processes(dist_result, reference, key):
+    """fsdp: FSDP2 ``fully_shard`` (DTensor parameters); fsdp1: flat parameters."""
+    if f"{key}_error" in dist_result:
+        pytest.skip(
+            f"{key} on CPU is not supported here: {dist_result[key + '_error']}"
+        )
     model, hp, x = reference
-    assert dist_result["fsdp_hparams"] == hp
+    assert dist_result[f"{key}_hparams"] == hp
     for name, value in model.named_parameters():
-        torch.testing.assert_close(dist_result["fsdp_params"][name], value, msg=name)
-    torch.testing.assert_close(dist_result["fsdp_output"], model(x).detach())
+        torch.testing.assert_close(dist_result[f"{key}_params"][name], value, msg=name)
+    torch.testing.assert_close(dist_result[f"{key}_output"], model(x).detach())
 
 
 def _ratios(opt):

@@ -102,6 +102,13 @@ def named_infos(model: nn.Module):
     for name, p in model.named_parameters():
         key = clean_name(clean_name(name), clean_name(prefix))
         info = state.infos.get(key)
+        if info is None and "flat_param" in key:
+            raise ValueError(
+                f"parameter {name!r} is an FSDP flat parameter holding several "
+                "parameters with different muP learning rates; wrap with "
+                "FullyShardedDataParallel(..., use_orig_params=True) or use FSDP2's "
+                "fully_shard"
+            )
         if info is None:
             raise ValueError(
                 f"parameter {name!r} is not in the model's muP base shapes; was a "
