@@ -66,6 +66,17 @@ def test_same_learning_rates_and_training(cls, name):
         assert eff[n]["lr"] == pytest.approx(lr, rel=1e-12), n
         assert eff[n]["weight_decay"] == pytest.approx(wd, rel=1e-12), n
     assert len({lr for lr, _ in ref_hp.values()}) > 1  # muP really scales
+    # same partition into groups (for SGD, mup keeps fixed parameters apart from
+    # hidden weights with the same factor 1; we merge groups with equal factors)
+    if name != "MuSGD":
+        ours_id = {id(p): n for n, p in ours.named_parameters()}
+        part_ref = {
+            frozenset(by_id[id(p)] for p in g["params"]) for g in opt_ref.param_groups
+        }
+        part = {
+            frozenset(ours_id[id(p)] for p in g["params"]) for g in opt.param_groups
+        }
+        assert part == part_ref
 
     x = inputs(cls)
     for model, o in ((ref, opt_ref), (ours, opt)):
