@@ -89,7 +89,7 @@ def test_degenerate_covariance_integrates_in_fewer_dimensions():
     est = G.expect(f, torch.full((2, 2), q, dtype=torch.float64))
     assert float(est.value) == pytest.approx(3 * q * q, rel=1e-13)
     # A 1-D rule: the first order has 8 radii times 2 signs; a 2-D rule would start
-    # at 8 radii x 8 angles x 5 arcs.
+    # at 8 radii x 8 angles x 4 arcs.
     assert calls[0] == 16 and max(calls) <= 2 * 512
     # Rank 0: f(0) exactly.
     est = G.expect(lambda g: torch.cos(g).sum(-1), torch.zeros(3, 3))
@@ -259,3 +259,49 @@ def test_expect_grad_on_degenerate_covariance_uses_autograd():
     np.testing.assert_allclose(
         est.value.numpy(), [q * math.exp(q / 2), math.exp(q / 2)], rtol=1e-12
     )
+
+
+def test_expect_grad_mixes_stein_and_autograd_per_problem():
+    # Problem 0 is full rank (Stein), problem 1 is degenerate (autograd); with
+    # f = relu(g0 + g1) both give E[step(g0 + g1)] = 1/2 in each coordinate, and an
+    # indexed f with per-problem factors checks that indices are mapped back.
+    covs = torch.stack([_cov(1.0, 2.0, 0.3), _cov(1.0, 1.0, 1.0)])
+    factors = torch.tensor([1.0, 3.0], dtype=torch.float64)
+
+    def f(g, index):
+        return factors[index, None] * torch.relu(g[..., 0] + g[..., 1])
+
+    est = G.expect_grad(f, covs, smooth=False, indexed=True, kinks=[[1.0, 1.0]])
+    assert est.value.shape == (2, 2)
+    np.testing.assert_allclose(est.value.numpy(), [[0.5, 0.5], [1.5, 1.5]], atol=1e-11)
+
+
+def test_kinks_off_the_coordinate_planes():
+    # relu(g0 - g1) has its kink on g0 = g1: declared, the polar rule resolves it
+    # to the requested tolerance; E[relu(g0 - g1)] = sqrt(Var(g0 - g1) / (2 pi)).
+    cov = _cov(1.0, 2.0, 0.3)
+    exact = math.sqrt((1.0 + 2.0 - 0.6) / (2 * math.pi))
+    est = G.expect(
+        lambda g: torch.relu(g[..., 0] - g[..., 1]), cov, kinks=[[1.0, -1.0]]
+    )
+    assert abs(float(est.value) - exact) < 1e-12 and float(est.error) < 1e-10
+    # Undeclared, it still converges (more slowly) within its stated error.
+    est = G.expect(lambda g: torch.relu(g[..., 0] - g[..., 1]), cov)
+    assert abs(float(est.value) - exact) <= float(est.error) + 1e-12
+    with pytest.raises(ValueError, match="kinks must have shape"):
+        G.expect(lambda g: g[..., 0], cov, kinks=[1.0, 2.0, 3.0])
+
+
+def test_radial_rule_is_exact_for_chi_moments():
+    # E[rho^j] for rho = |eps|, eps ~ N(0, I_r): 2^(j/2) Gamma((r + j)/2) / Gamma(r/2).
+    for r in (1, 2):
+        for m in (8, 64):
+            x, w = G._radial(m, r)
+            for j in range(0, min(2 * m, 40)):
+                exact = 2 ** (j / 2) * math.gamma((r + j) / 2) / math.gamma(r / 2)
+                assert float((w * x**j).sum()) == pytest.approx(exact, rel=1e-13)
+
+
+def test_empty_batch_is_an_error():
+    with pytest.raises(ValueError, match="empty batch"):
+        G.expect(lambda g: g[..., 0], torch.zeros(0, 2, 2))

@@ -204,14 +204,15 @@ def _radial(m: int, r: int) -> tuple[Tensor, Tensor]:
 def _breakpoints(D: Tensor) -> Tensor:
     """Angles in [0, 2 pi) where d . (cos a, sin a) = 0 for each row d of D (P, j, 2).
 
-    Returns (P, 2j + 1) sorted angles, 0 included; zero rows give duplicate 0s.
+    Returns (P, 2j) sorted angles; a zero row d contributes duplicates of the first
+    angle (arcs of length zero).
     """
     base = torch.atan2(D[..., 1], D[..., 0]) + math.pi / 2
     angles = torch.cat([base, base + math.pi], dim=-1) % (2 * math.pi)
     nonzero = (D.abs().amax(-1) > 0).repeat(1, 2)
-    angles = torch.where(nonzero, angles, torch.zeros_like(angles))
-    zero = torch.zeros(D.shape[0], 1, dtype=D.dtype, device=D.device)
-    return torch.cat([zero, angles], dim=-1).sort(dim=-1).values
+    first = angles.gather(-1, nonzero.to(torch.int64).argmax(-1, keepdim=True))
+    angles = torch.where(nonzero, angles, first)
+    return angles.sort(dim=-1).values
 
 
 def _polar_rule(m: int, L: Tensor, kinks: Tensor) -> tuple[Tensor, Tensor]:
@@ -256,7 +257,7 @@ def _rule_size(m: int, r: int, n_kinks: int) -> int:
     if r == 1:
         return 2 * m
     if r == 2:
-        return m * m * (2 * n_kinks + 1)
+        return m * m * 2 * n_kinks
     return m**r
 
 
@@ -385,6 +386,8 @@ def expect(
     evals, evecs, ranks, batched = _factor(cov)
     P, k = evals.shape
     kinks = _kink_functionals(kinks, P, k, evals.device)
+    if P == 0:
+        raise ValueError("cov is an empty batch (P = 0); nothing to integrate")
     value = None
     error = None
     methods = set()
@@ -460,8 +463,9 @@ def expect_grad(
     (0.398942, 'quadrature')
     """
     evals, _, ranks, batched = _factor(cov)
-    k = evals.shape[-1]
-    full_rank = bool((ranks == k).all())
+    P, k = evals.shape
+    cov_t = torch.as_tensor(cov, dtype=torch.float64).to(evals.device).reshape(P, k, k)
+    stein = (ranks == k) & (not smooth)
     seen = {"scalar": True}
 
     def call(points, *index):
@@ -469,21 +473,9 @@ def expect_grad(
         seen["scalar"] = out.dim() == 2
         return out.unsqueeze(-1) if out.dim() == 2 else out
 
-    if not smooth and full_rank:
-        cov_t = torch.as_tensor(cov, dtype=torch.float64)
-
-        def gf(points, *index):
-            out = call(points, *index)
-            return (out.unsqueeze(-1) * points.unsqueeze(-2)).flatten(2)
-
-        est = expect(gf, cov_t, **options)
-        inv = torch.linalg.inv(cov_t)
-        shape = est.value.shape[:-1] + (-1, k)
-        value = est.value.reshape(shape) @ inv.transpose(-1, -2)
-        error = est.error.reshape(shape) @ inv.abs().transpose(-1, -2)
-        if seen["scalar"]:
-            value, error = value.squeeze(-2), error.squeeze(-2)
-        return Estimate(value, error, est.method)
+    def g_times_f(points, *index):
+        out = call(points, *index)
+        return (out.unsqueeze(-1) * points.unsqueeze(-2)).flatten(2)
 
     def grad(points, *index):
         with torch.enable_grad():
@@ -491,21 +483,50 @@ def expect_grad(
             out = call(x, *index)
             grads = []
             for j in range(out.shape[-1]):
-                if not out.requires_grad:
-                    grads.append(torch.zeros_like(x))
-                    continue
-                (g,) = torch.autograd.grad(
-                    out[..., j].sum(), x, retain_graph=True, allow_unused=True
-                )
+                g = None
+                if out.requires_grad:
+                    (g,) = torch.autograd.grad(
+                        out[..., j].sum(), x, retain_graph=True, allow_unused=True
+                    )
                 grads.append(torch.zeros_like(x) if g is None else g)
         return torch.stack(grads, dim=-2).flatten(2).detach()
 
-    est = expect(grad, cov, **options)
-    shape = est.value.shape[:-1] + (-1, k)
-    value, error = est.value.reshape(shape), est.error.reshape(shape)
+    value = error = None
+    methods = []
+    for use_stein in (True, False):
+        subset = (stein == use_stein).nonzero().squeeze(-1)
+        if subset.numel() == 0:
+            continue
+        est = _expect_subset(g_times_f if use_stein else grad, cov_t, subset, options)
+        v = est.value.reshape(subset.numel(), -1, k)
+        e = est.error.reshape(subset.numel(), -1, k)
+        if use_stein:  # E[grad f] = C^{-1} E[g f]
+            inv = torch.linalg.inv(cov_t[subset])
+            v, e = v @ inv.transpose(-1, -2), e @ inv.abs().transpose(-1, -2)
+        if value is None:
+            value = torch.zeros(P, v.shape[1], k, dtype=torch.float64, device=v.device)
+            error = torch.zeros_like(value)
+        value[subset], error[subset] = v, e
+        methods.append(est.method)
     if seen["scalar"]:
-        value, error = value.squeeze(-2), error.squeeze(-2)
-    return Estimate(value, error, est.method)
+        value, error = value[:, 0], error[:, 0]
+    if not batched:
+        value, error = value[0], error[0]
+    return Estimate(value, error, max(methods, key=_METHOD_ORDER.index))
+
+
+def _expect_subset(f, cov: Tensor, subset: Tensor, options: dict) -> Estimate:
+    """expect over cov[subset], with problem indices and kinks mapped back."""
+    options = dict(options)
+    if options.get("indexed"):
+        inner = f
+        f = lambda points, index: inner(points, subset[index])  # noqa: E731
+    kinks = options.get("kinks")
+    if kinks is not None:
+        kinks = torch.as_tensor(kinks, dtype=torch.float64)
+        if kinks.dim() == 3 and kinks.shape[0] == cov.shape[0] and kinks.shape[0] > 1:
+            options["kinks"] = kinks[subset.cpu()]
+    return expect(f, cov[subset], **options)
 
 
 def bivariate(phi: Any, psi: Any, q1: Any, q2: Any, c: Any, **options) -> Estimate:
