@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from relu_mlp import NTKMLP, relu_kernels
 
 from tensorprograms.empirical import MonteCarloKernel, empirical_nngp, empirical_ntk
 
@@ -239,3 +240,24 @@ def test_monte_carlo_nngp_errors():
     bad[0, 0] = float("inf")
     with pytest.raises(ValueError, match="x1 contains NaN or inf"):
         empirical_nngp(make, bad, seeds=[0, 1])
+
+
+@pytest.mark.parametrize("depth, widths", [(1, (256, 4096)), (2, (64, 1024))])
+def test_empirical_ntk_of_wide_relu_mlps_approaches_the_limit(depth, widths):
+    w_std, b_std = 2**0.5, 0.2
+    x = torch.randn(
+        6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)
+    )
+    nngp, ntk = relu_kernels(x, x, w_std, b_std, depth)
+    err = {}
+    for width in widths:
+        errs = []
+        for seed in range(8):
+            net = NTKMLP(4, width, depth, w_std, b_std, seed)
+            got = empirical_ntk(net, x)
+            errs.append(float(torch.linalg.norm(got - ntk) / torch.linalg.norm(ntk)))
+        err[width] = sum(errs) / len(errs)
+    # Fluctuations of the finite NTK are ~ n^-1/2: 16x the width, ~4x less error.
+    small, large = widths
+    assert 2.0 < err[small] / err[large] < 8.0, err
+    assert err[large] < 0.1, err
