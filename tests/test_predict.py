@@ -129,6 +129,8 @@ def test_bad_kernels_and_arguments_are_named():
     assert big > max_learning_rate(k)
     with pytest.warns(RuntimeWarning, match="gradient descent diverges"):
         gradient_descent_mse(k, y, big, discrete=True)(4)
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="overflowed"):
+        gradient_descent_mse(k, y, big, discrete=True)(10**6)
     with pytest.raises(ValueError, match="no limit at t = infinity"):
         gradient_descent_mse(k, y, big, discrete=True)(None)
     with pytest.raises(ValueError, match="fractional steps"):

@@ -242,6 +242,15 @@ def _check_times(eig: _Eigh, t: torch.Tensor, eta: float, discrete: bool) -> Non
             )
 
 
+def _check_result(tensors, eta) -> None:
+    for t in tensors:
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                "predictions overflowed to inf/NaN: gradient descent diverges at "
+                f"learning_rate {eta:.4g} (see max_learning_rate)"
+            )
+
+
 def max_learning_rate(ntk_train_train) -> float:
     """Largest learning rate for which full-batch gradient descent converges.
 
@@ -364,6 +373,7 @@ class MSEPredictor:
             ft0 = torch.broadcast_to(ft0, (kt.shape[0], y.shape[1]))
             fx_test = ft0 - torch.einsum("mi,ij,tj,jo->tmo", kt, eig.vecs, h, r)
             out.append(fx_test[0] if scalar else fx_test)
+        _check_result(out, self.learning_rate)
         return out[0] if len(out) == 1 else tuple(out)
 
 
@@ -559,6 +569,7 @@ class MSEEnsemble:
         if scalar:
             mean = mean[0]
             cov = None if cov is None else cov[0]
+        _check_result([mean, cov], self.learning_rate)
         return mean if cov is None else Gaussian(mean, cov)
 
     def _test_cov(self, get, eig, times, b, kx, ktt, h, k_nngp):
