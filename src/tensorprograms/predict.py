@@ -147,7 +147,7 @@ class _Eigh:
         lam, self.vecs = torch.linalg.eigh(k)
         top = float(lam.abs().max()) if lam.numel() else 0.0
         # Rounding in the kernel's own precision moves eigenvalues by ~ N eps |K|.
-        self.tol = 100 * k.shape[0] * eps * top
+        self.tol = 10 * k.shape[0] * eps * top
         if float(lam.min()) < -self.tol:
             raise ValueError(
                 f"{name} is not positive semi-definite: smallest eigenvalue "
