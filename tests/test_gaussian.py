@@ -335,3 +335,16 @@ def test_rank_three_rule_resolves_kinks_and_jumps():
     actual = (est.value - torch.tensor([kink, jump], dtype=torch.float64)).abs()
     assert bool((actual <= est.error + 1e-12).all())
     assert float(est.error.max()) < 1e-6
+
+
+def test_rank_three_with_many_kink_planes_falls_back_to_a_grid(monkeypatch):
+    # Twelve coordinates in a rank-3 space: the spherical rule would need more
+    # than max_points nodes, so a Gauss-Hermite grid is used; a polynomial is
+    # still integrated exactly: E[(g0 + ... + g11)^2] = sum of cov entries.
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(12, 3, generator=gen, dtype=torch.float64)
+    cov = A @ A.T
+    monkeypatch.setattr(G, "_sphere_rule", None)  # calling it would fail
+    est = G.expect(lambda g: g.sum(-1) ** 2, cov)
+    assert est.method == "quadrature"
+    assert float(est.value) == pytest.approx(float(cov.sum()), rel=1e-12)

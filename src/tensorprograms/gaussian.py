@@ -341,8 +341,11 @@ def _sphere_rule(m: int, L: Tensor, kinks: Tensor) -> tuple[Tensor, Tensor]:
     return eps.reshape(P, -1, 3), weights.reshape(P, -1)
 
 
-def _rule(m: int, L: Tensor, kinks: Tensor) -> tuple[Tensor, Tensor]:
+def _rule(m: int, L: Tensor, kinks: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Nodes eps (P|1, Q, r) and weights (P|1, Q); kinks None: Gauss-Hermite grid."""
     r = L.shape[-1]
+    if kinks is None:
+        return _grid(m, r, L.device)
     if r <= 2:
         return _polar_rule(m, L, kinks)
     if r == 3:
@@ -350,7 +353,9 @@ def _rule(m: int, L: Tensor, kinks: Tensor) -> tuple[Tensor, Tensor]:
     return _grid(m, r, L.device)
 
 
-def _rule_size(m: int, r: int, n_kinks: int) -> int:
+def _rule_size(m: int, r: int, n_kinks: int | None) -> int:
+    if n_kinks is None:
+        return m**r
     if r == 1:
         return 2 * m
     if r == 2:
@@ -363,12 +368,13 @@ def _rule_size(m: int, r: int, n_kinks: int) -> int:
 
 def _quadrature_sum(f, L, kinks, index, m, info):
     """sum_q w_q f(L eps_q) for each problem: (P, m_out)."""
-    n_kinks = kinks.shape[-2]
+    n_kinks = None if kinks is None else kinks.shape[-2]
     size = _chunks_size(L.shape[0], _rule_size(m, L.shape[-1], n_kinks), L.shape[1])
     out = []
     for s in range(0, L.shape[0], size):
         Lc = L[s : s + size]
-        eps, w = _rule(m, Lc, kinks if kinks.shape[0] == 1 else kinks[s : s + size])
+        kc = kinks if kinks is None or kinks.shape[0] == 1 else kinks[s : s + size]
+        eps, w = _rule(m, Lc, kc)
         points = torch.einsum("pqr,pkr->pqk", eps.expand(Lc.shape[0], -1, -1), Lc)
         vals = _call(f, points, index[s : s + size], info)
         out.append(torch.einsum("pq,pqm->pm", w.expand(Lc.shape[0], -1), vals))
@@ -390,6 +396,8 @@ def _quadrature(f, L, kinks, index, atol, rtol, max_points, info):
     r = L.shape[-1]
     n_kinks = kinks.shape[-2]
     m = 8
+    if r >= 3 and (r > 3 or _rule_size(m, r, n_kinks) > max_points):
+        kinks, n_kinks = None, None  # too many kink planes: Gauss-Hermite grid
     prev = _quadrature_sum(f, L, kinks, index, m, info)
     value = prev.clone()
     error = torch.full_like(prev, float("inf"))
@@ -400,7 +408,7 @@ def _quadrature(f, L, kinks, index, atol, rtol, max_points, info):
         and _next_order(m) <= _MAX_RADIAL
     ):
         m = _next_order(m)
-        sub = kinks if kinks.shape[0] == 1 else kinks[todo]
+        sub = kinks if kinks is None or kinks.shape[0] == 1 else kinks[todo]
         new = _quadrature_sum(f, L[todo], sub, index[todo], m, info)
         diff = (new - prev[todo]).abs()
         value[todo] = new
