@@ -348,3 +348,16 @@ def test_rank_three_with_many_kink_planes_falls_back_to_a_grid(monkeypatch):
     est = G.expect(lambda g: g.sum(-1) ** 2, cov)
     assert est.method == "quadrature"
     assert float(est.value) == pytest.approx(float(cov.sum()), rel=1e-12)
+
+
+def test_bivariate_delta_against_functions_without_closed_form():
+    # E[delta(u) tanh(u')] = p_u(0) E[tanh(u') | u = 0]; tanh is odd, so it is 0;
+    # for sigmoid^2 the reference is a 1-D integration of sigmoid(x)^2 over
+    # N(0, q2 - c^2 / q1).
+    q1, q2, c = 1.0, 2.0, 0.5
+    est = G.bivariate(nl.delta, nl.tanh, q1, q2, c)
+    assert abs(float(est.value)) < 1e-14
+    sq = nl.nonlinearity(lambda x: torch.sigmoid(x) ** 2, name="sigmoid2")
+    est = G.bivariate(sq, nl.delta, q2, q1, c)
+    ref = oracles.mean(sq, q2 - c * c / q1) / math.sqrt(2 * math.pi * q1)
+    assert abs(float(est.value) - ref) <= float(est.error) + 1e-13

@@ -677,6 +677,17 @@ def bivariate(phi: Any, psi: Any, q1: Any, q2: Any, c: Any, **options) -> Estima
     closed = _nl.pair_expectation(phi, psi, q1, q2, c)
     if closed is not None:
         return Estimate(closed, torch.zeros_like(closed), "closed form")
+    for a, b, qa, qb in ((phi, psi, q1, q2), (psi, phi, q2, q1)):
+        w = _nl._delta_weight(a)
+        if w is not None:  # w E[delta(u) b(u')] = w p_u(0) E[b(u') | u = 0]
+            v = (qb - c * c / torch.where(qa > 0, qa, 1.0)).clamp(min=0.0)
+            inner = expect(lambda g, b=b: b(g[..., 0]), v.reshape(-1, 1, 1), **options)
+            scale = w / torch.sqrt(2 * math.pi * qa)
+            return Estimate(
+                scale * inner.value.reshape(v.shape),
+                scale.abs() * inner.error.reshape(v.shape),
+                inner.method,
+            )
     shape = q1.shape
     q1f, q2f, cf = q1.reshape(-1), q2.reshape(-1), c.reshape(-1)
     bound = (q1f.clamp(min=0) * q2f.clamp(min=0)).sqrt()

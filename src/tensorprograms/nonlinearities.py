@@ -35,6 +35,7 @@ __all__ = [
     "abrelu",
     "abs",
     "cos",
+    "delta",
     "erf",
     "exp",
     "gelu",
@@ -147,6 +148,8 @@ class Nonlinearity:
             terms = _derivative_terms(self._terms)
             if terms is not None:
                 fn = self.deriv if self.deriv is not None else _terms_fn(terms)
+                if any(b[0] == "delta" for _, b, _ in terms):
+                    fn = _delta_fn
                 return Nonlinearity(
                     self.name + "'", self.params, fn, None, self.smooth, terms
                 )
@@ -196,6 +199,8 @@ class Nonlinearity:
         return pair_expectation(self, self, q1, q2, c)
 
     def _at_zero(self, like: Tensor) -> Tensor:
+        if self._terms is not None and any(b[0] == "delta" for _, b, _ in self._terms):
+            return torch.full_like(like, math.inf)  # a point mass at 0
         value = self.fn(torch.zeros((), dtype=torch.float64, device=like.device))
         return torch.as_tensor(value, dtype=torch.float64).expand(like.shape)
 
@@ -226,6 +231,8 @@ def _base_eval(base: _Base, x: Tensor) -> Tensor:
         return torch.sin(x)
     if name == "cos":
         return torch.cos(x)
+    if name == "delta":
+        _delta_fn(x)
     raise KeyError(base)
 
 
@@ -237,6 +244,7 @@ def _base_derivative(base: _Base) -> tuple | None:
         return ((float(k), ("pow", k - 1), 1.0),) if k else ()
     table = {
         "relu": ((1.0, ("step",), 1.0),),
+        "step": ((1.0, ("delta",), 1.0),),
         "erf": ((2.0 / _SQRT_PI, ("gauss",), 1.0),),
         "gauss": ((-2.0, ("xgauss",), 1.0),),
         "xerf": ((1.0, ("erf",), 1.0), (2.0 / _SQRT_PI, ("xgauss",), 1.0)),
@@ -252,9 +260,8 @@ def _parity(base: _Base) -> int | None:
     name = base[0]
     if name == "pow":
         return 1 if base[1] % 2 == 0 else -1
-    return {"erf": -1, "sin": -1, "xgauss": -1, "gauss": 1, "cos": 1, "xerf": 1}.get(
-        name
-    )
+    parities = {"erf": -1, "sin": -1, "xgauss": -1, "gauss": 1, "cos": 1, "xerf": 1}
+    return 1 if name == "delta" else parities.get(name)
 
 
 def _double_factorial(n: int) -> int:
@@ -279,6 +286,8 @@ def _moment(base: _Base, i: int, q: Tensor) -> Tensor | None:
     name = base[0]
     if name == "pow":
         return _gauss_moment(i + base[1], q)
+    if name == "delta":  # E[u^i delta(u)] = 0^i * density of N(0, q) at 0
+        return torch.zeros_like(q) if i else 1 / torch.sqrt(2 * math.pi * q)
     if name == "relu":
         return 0.5 * _abs_moment(i + 1, q)
     if name == "step":
@@ -322,6 +331,59 @@ def _moment(base: _Base, i: int, q: Tensor) -> Tensor | None:
 
 def _rho(q1: Tensor, q2: Tensor, c: Tensor) -> Tensor:
     return (c / torch.sqrt(q1 * q2)).clamp(-1.0, 1.0)
+
+
+def _delta_pair(b: _Base, q1: Tensor, q2: Tensor, c: Tensor) -> Tensor | None:
+    """E[delta(u) b(u')] = density of u at 0 * E[b(u') | u = 0] (q1 > 0)."""
+    density = 1 / torch.sqrt(2 * math.pi * q1)
+    if b[0] == "delta":  # the joint density at (0, 0); infinite when |rho| = 1
+        return 1 / (2 * math.pi * torch.sqrt((q1 * q2 - c * c).clamp(min=0.0)))
+    v = (q2 - c * c / q1).clamp(min=0.0)  # Var(u' | u = 0)
+    m = _moment(b, 0, torch.where(v > 0, v, torch.ones_like(v)))
+    if m is None:
+        return None
+    at_zero = _base_eval(b, torch.zeros_like(v))
+    return density * torch.where(v > 0, m, at_zero)
+
+
+def _relu_step_pair(n1: str, b: _Base, q1, q2, c) -> Tensor | None:
+    """E[relu(u) b(u')] or E[step(u) b(u')] for a smooth base b (q1, q2 > 0).
+
+    step = 1/2 + sign/2 and relu = x/2 + |x|/2, so against an even b only the even
+    half survives and against an odd b the odd half (symmetry (u, u') -> -(u, u')).
+    """
+    parity, n2 = _parity(b), b[0]
+    if n1 == "step" and parity == 1:
+        return 0.5 * _moment(b, 0, q2)
+    if n1 == "relu" and parity == -1:
+        return 0.5 * _pow_pair(1, b, q1, q2, c)
+    if n1 == "step" and n2 == "erf":
+        # erf(x) = E[sign(sqrt 2 x - w)], w ~ N(0, 1): an arcsine law.
+        arg = math.sqrt(2.0) * c / torch.sqrt(q1 * (1 + 2 * q2))
+        return torch.arcsin(arg.clamp(-1.0, 1.0)) / math.pi
+    if n1 == "relu" and n2 == "xerf":
+        # Stein on u': E[|u| u' erf u'] = c E[sign(u) erf u'] + q2 E[|u| erf'(u')].
+        sign_erf = 2 * _relu_step_pair("step", ("erf",), q1, q2, c)
+        abs_gauss = 2 * _relu_step_pair("relu", ("gauss",), q1, q2, c)
+        return 0.5 * (c * sign_erf + q2 * (2 / _SQRT_PI) * abs_gauss)
+    if n2 in ("gauss", "xgauss"):
+        # Tilt by exp(-u'^2): weight 1/sqrt(1 + 2 q2), covariance C' with
+        # C'11 = q1 - 2c^2/(1 + 2 q2), C'12 = c / (1 + 2 q2).
+        z = 1 / torch.sqrt(1 + 2 * q2)
+        v11 = q1 - 2 * c * c / (1 + 2 * q2)
+        v12 = c / (1 + 2 * q2)
+        if n1 == "relu":  # even: E[|u|] / 2 under the tilt
+            return 0.5 * z * torch.sqrt(2 * v11 / math.pi)
+        return 0.5 * z * v12 * torch.sqrt(2 / (math.pi * v11))  # step x xgauss
+    if n2 == "exp":
+        # Tilt by e^{u'}: weight e^{q2/2}, u ~ N(c, q1).
+        s = torch.sqrt(q1)
+        cdf = 0.5 * (1 + torch.erf(c / (s * math.sqrt(2.0))))
+        if n1 == "step":
+            return torch.exp(q2 / 2) * cdf
+        pdf = torch.exp(-c * c / (2 * q1)) / _SQRT_2PI
+        return torch.exp(q2 / 2) * (c * cdf + s * pdf)
+    return None
 
 
 def _pair_table(n1: str, n2: str, q1: Tensor, q2: Tensor, c: Tensor) -> Tensor | None:
@@ -395,6 +457,10 @@ def _base_pair(
         return torch.zeros_like(c)  # odd times even under (u, u') -> (-u, -u')
     for x, y, a, b in ((b1, b2, q1, q2), (b2, b1, q2, q1)):
         value = _pair_table(x[0], y[0], a, b, c)
+        if value is None and x[0] == "delta":
+            value = _delta_pair(y, a, b, c)
+        if value is None and x[0] in ("relu", "step") and y[0] != "pow":
+            value = _relu_step_pair(x[0], y, a, b, c)
         if value is not None:
             return value
     if b1[0] == "pow":
@@ -464,6 +530,13 @@ def _check_variance(q: Any, what: str) -> Tensor:
             )
         q = q.clamp(min=0.0)
     return q
+
+
+def _delta_weight(phi: Nonlinearity) -> float | None:
+    """w when phi = w * delta (a sum of delta terms), else None."""
+    if not phi._terms or any(b[0] != "delta" for _, b, _ in phi._terms):
+        return None
+    return sum(coef / math.fabs(scale) for coef, _, scale in phi._terms)
 
 
 def pair_expectation(
@@ -772,12 +845,24 @@ def _polynomial_derivative(p: Nonlinearity) -> Nonlinearity:
     return polynomial([k * a for k, a in enumerate(coeffs)][1:])
 
 
-def _no_derivative(phi: Nonlinearity) -> Nonlinearity:
+def _delta_fn(x: Tensor) -> Tensor:
     raise ValueError(
-        f"the derivative of {phi} is a Dirac delta at 0, not a function; for "
-        "expectations of derivatives use Stein's lemma "
+        "the Dirac delta (the derivative of step and sign) has no pointwise values: "
+        "its Gaussian expectations are known in closed form (delta.mean, "
+        "pair_expectation with closed-form partners, gaussian.bivariate) and "
+        "derivatives of functions with jumps are integrated by Stein's lemma "
         "(gaussian.expect_grad(..., smooth=False))"
     )
+
+
+def _no_derivative(phi: Nonlinearity) -> Nonlinearity:
+    raise ValueError(
+        f"the derivative of {phi} is not a measure with known Gaussian expectations "
+        "here; use gaussian.expect_grad(..., smooth=False) (Stein's lemma)"
+    )
+
+
+delta = Nonlinearity("delta", (), _delta_fn, None, False, ((1.0, ("delta",), 1.0),))
 
 
 square = Nonlinearity(
@@ -788,8 +873,8 @@ _DERIVATIVES: dict[str, Callable[[Nonlinearity], Nonlinearity]] = {
     "identity": lambda _: polynomial([1.0]),
     "relu": lambda _: step,
     "abs": lambda _: sign,
-    "step": _no_derivative,
-    "sign": _no_derivative,
+    "step": lambda _: delta,
+    "delta": _no_derivative,
     "square": lambda _: polynomial([0.0, 2.0]),
     "exp": lambda _: exp,
     "sin": lambda _: cos,
@@ -814,6 +899,7 @@ _REGISTRY = {
         identity,
         relu,
         step,
+        delta,
         abs,
         sign,
         erf,
@@ -838,8 +924,8 @@ def get(name_or_nonlinearity: str | Nonlinearity | Callable) -> Nonlinearity:
     >>> get("swish")
     Traceback (most recent call last):
     ...
-    ValueError: unknown nonlinearity 'swish'; known names: abs, cos, erf, exp, gelu, \
-identity, relu, sigmoid, sign, sin, square, step, tanh (or pass a function)
+    ValueError: unknown nonlinearity 'swish'; known names: abs, cos, delta, erf, exp, \
+gelu, identity, relu, sigmoid, sign, sin, square, step, tanh (or pass a function)
     """
     if isinstance(name_or_nonlinearity, Nonlinearity):
         return name_or_nonlinearity
