@@ -23,8 +23,7 @@ of programs with step or sign need. Every closed form is checked against an
 independent two-dimensional integration in ``tests/test_nonlinearities.py``.
 
 Not known in closed form (``None``; integrated numerically): tanh, sigmoid, user
-functions, and a few mixed pairs (e.g. relu with cos or with gelu's ``x erf``
-part against step).
+functions, and a few mixed pairs (relu against cos, step against sin).
 """
 
 from __future__ import annotations
