@@ -35,6 +35,7 @@ from ._combinators import Parallel, Residual, Serial, parallel, serial
 from ._dense import Dense
 from ._kernel import Kernel
 from ._layer import Layer
+from ._program import MLPProgram, mlp_program, program_kernel
 from ._spec import from_spec
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "Identity",
     "Kernel",
     "Layer",
+    "MLPProgram",
     "LeakyRelu",
     "Parallel",
     "Relu",
@@ -55,6 +57,8 @@ __all__ = [
     "Sigmoid",
     "Tanh",
     "from_spec",
+    "mlp_program",
+    "program_kernel",
     "parallel",
     "serial",
 ]
