@@ -32,6 +32,7 @@ from ._activations import (
     Tanh,
 )
 from ._combinators import Parallel, Residual, Serial, parallel, serial
+from ._conv import AvgPool, Conv, Flatten, GlobalAvgPool
 from ._dense import Dense
 from ._kernel import Kernel
 from ._layer import Layer
@@ -40,10 +41,14 @@ from ._spec import from_spec
 __all__ = [
     "ABRelu",
     "Abs",
+    "AvgPool",
+    "Conv",
     "Dense",
     "Elementwise",
     "Erf",
+    "Flatten",
     "Gelu",
+    "GlobalAvgPool",
     "Identity",
     "Kernel",
     "Layer",
