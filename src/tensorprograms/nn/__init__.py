@@ -36,6 +36,7 @@ from ._conv import AvgPool, Conv, Flatten, GlobalAvgPool
 from ._dense import Dense
 from ._kernel import Kernel
 from ._layer import Layer
+from ._rnn import RNN
 from ._spec import from_spec
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "Layer",
     "LeakyRelu",
     "Parallel",
+    "RNN",
     "Relu",
     "Residual",
     "Serial",
