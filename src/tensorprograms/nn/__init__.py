@@ -32,23 +32,30 @@ from ._activations import (
     Tanh,
 )
 from ._combinators import Parallel, Residual, Serial, parallel, serial
+from ._conv import AvgPool, Conv, Flatten, GlobalAvgPool
 from ._dense import Dense
 from ._kernel import Kernel
 from ._layer import Layer
+from ._rnn import RNN
 from ._spec import from_spec
 
 __all__ = [
     "ABRelu",
     "Abs",
+    "AvgPool",
+    "Conv",
     "Dense",
     "Elementwise",
     "Erf",
+    "Flatten",
     "Gelu",
+    "GlobalAvgPool",
     "Identity",
     "Kernel",
     "Layer",
     "LeakyRelu",
     "Parallel",
+    "RNN",
     "Relu",
     "Residual",
     "Serial",
