@@ -31,11 +31,13 @@ from ._activations import (
     Sigmoid,
     Tanh,
 )
+from ._attention import GlobalSelfAttention, SelfAttention
 from ._combinators import Parallel, Residual, Serial, parallel, serial
 from ._conv import AvgPool, Conv, Flatten, GlobalAvgPool
 from ._dense import Dense
 from ._kernel import Kernel
 from ._layer import Layer
+from ._norm import LayerNorm
 from ._rnn import RNN
 from ._spec import from_spec
 
@@ -50,14 +52,17 @@ __all__ = [
     "Flatten",
     "Gelu",
     "GlobalAvgPool",
+    "GlobalSelfAttention",
     "Identity",
     "Kernel",
     "Layer",
+    "LayerNorm",
     "LeakyRelu",
     "Parallel",
     "RNN",
     "Relu",
     "Residual",
+    "SelfAttention",
     "Serial",
     "Sigmoid",
     "Tanh",
