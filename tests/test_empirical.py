@@ -93,7 +93,8 @@ def test_mlp_matches_naive_autograd(implementation, trace_outputs):
     x2 = torch.randn(4, 3, dtype=torch.float64, generator=gen)
     for a, b in ((x1, None), (x1, x2)):
         want = naive_ntk(net, a, a if b is None else b, trace_outputs)
-        for chunk in (None, 1, 2):
+        # max_memory=1: no Jacobian tile is kept, every one is recomputed
+        for chunk, memory in ((None, None), (1, None), (2, None), (2, 1)):
             got = empirical_ntk(
                 net,
                 a,
@@ -101,6 +102,7 @@ def test_mlp_matches_naive_autograd(implementation, trace_outputs):
                 chunk_size=chunk,
                 trace_outputs=trace_outputs,
                 implementation=implementation,
+                max_memory=memory,
             )
             assert got.dtype == torch.float64 and got.shape == want.shape
             assert torch.allclose(got, want, rtol=0, atol=TOL64 * want.abs().max())
