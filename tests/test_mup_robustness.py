@@ -329,3 +329,25 @@ def test_tied_readout_init_is_width_independent():
     # N(0, 1) entries; 11 * width samples: standard error of the std < 1/sqrt(2 * 176)
     for s in stds:
         assert s == pytest.approx(1.0, abs=4 / math.sqrt(2 * 11 * 16))
+
+
+@pytest.mark.parametrize(
+    "clone", [copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o))]
+)
+def test_optimizer_copies_keep_the_factors(clone):
+    model = setup()
+    opt = tpm.MuSGD(model, lr=0.1)
+    assert isinstance(opt, torch.optim.SGD)
+    other = clone(opt)
+    assert tpm.effective_hparams(other) == tpm.effective_hparams(opt)
+    # the copy's step really applies the factors: p <- p - lr_eff g
+    eff = tpm.effective_hparams(other)
+    names = [n for g in other.param_groups for n in g["mu_names"]]
+    params = [p for g in other.param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    other.step()
+    for n, p, b in zip(names, params, before):
+        torch.testing.assert_close(p.detach(), b - eff[n]["lr"], msg=n)
+    assert len({eff[n]["lr"] for n in names}) > 1
