@@ -219,8 +219,9 @@ def standard(c: float = 0.0, optimizer: str = "sgd") -> Parametrization:
 SP = standard(0.0)
 SP_ADAM = standard(0.0, "adam")
 # THEORY.md section 7 (spectral condition), written directly in multiplier-free form
-# for fixed input and output dimensions: std n_l^(-1/2) min(1, sqrt(n_l / n_{l-1}))
-# ... , SGD LR n_l / n_{l-1}, Adam LR 1 / n_{l-1}.
+# with n_0 = d and n_{L+1} fixed: std n_{l-1}^(-1/2) min(1, sqrt(n_l / n_{l-1})), SGD
+# LR n_l / n_{l-1}, Adam LR 1 / n_{l-1}; so input (b, c) = (0, -1), hidden (1/2, 0),
+# output (1, 1) for SGD, and c = (0, 1, 1) for Adam.
 SPECTRAL = Parametrization(
     "spectral", "sgd", E(0.0, 0.0, -1.0), E(0.0, 0.5, 0.0), E(0.0, 1.0, 1.0),
     E(0.0, 0.0, -1.0), rectangular_lr=True, reference="spectral condition sec. 3",
