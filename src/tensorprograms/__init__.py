@@ -1,3 +1,66 @@
-"""tensorprograms: Tensor Programs at finite width and in the infinite-width limit."""
+"""tensorprograms: Tensor Programs at finite width and in the infinite-width limit.
+
+Write a computation once as a :class:`Program`; read it two ways:
+:func:`run` samples it at a finite width, :func:`limit` evaluates its
+infinite-width limit by the Master Theorem.
+"""
+
+from . import gaussian, nonlinearities
+from .finite import FiniteResult, run
+from .gaussian import Estimate
+from .limit import LimitResult, ZVector, limit
+from .nonlinearities import (
+    Nonlinearity,
+    abrelu,
+    cos,
+    erf,
+    exp,
+    gelu,
+    identity,
+    leaky_relu,
+    nonlinearity,
+    polynomial,
+    relu,
+    sigmoid,
+    sign,
+    sin,
+    step,
+    tanh,
+)
+from .nonlinearities import abs as abs  # noqa: A004 - the nonlinearity |x|
+from .program import Matrix, Program, ProgramError, Scalar, Vector
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Program",
+    "ProgramError",
+    "Vector",
+    "Matrix",
+    "Scalar",
+    "run",
+    "FiniteResult",
+    "limit",
+    "LimitResult",
+    "ZVector",
+    "Estimate",
+    "Nonlinearity",
+    "nonlinearity",
+    "gaussian",
+    "nonlinearities",
+    "abs",
+    "abrelu",
+    "cos",
+    "erf",
+    "exp",
+    "gelu",
+    "identity",
+    "leaky_relu",
+    "polynomial",
+    "relu",
+    "sigmoid",
+    "sign",
+    "sin",
+    "step",
+    "tanh",
+]
