@@ -91,9 +91,11 @@ def test_cli_coord_check_and_transfer(tmp_path, capsys):
     assert (tmp_path / "coord_check_mlp.png").exists()
     argv = ["transfer", "--widths", "16,32", "--lrs=-8:-6", "--steps", "3"]
     argv += ["--storage", f"sqlite:///{tmp_path}/t.db", "--out", str(tmp_path)]
+    argv += ["--target-width", "4096"]
     assert main([*argv, "--no-progress"]) == 0
     hps = json.loads((tmp_path / "hparams_mlp.json").read_text())
-    assert hps["parametrization"] == "mup" and hps["target"]["width"] == 32
+    assert hps["parametrization"] == "mup" and hps["target"]["width"] == 4096
+    assert hps["proxy"]["width"] == 16
     assert (tmp_path / "transfer_mlp.png").exists()
     assert main(["audit", "--width", "64"]) == 0
     out = capsys.readouterr().out

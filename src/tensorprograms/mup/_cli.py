@@ -104,6 +104,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--storage", default="sqlite:///transfer.db")
     p.add_argument("--study-name", default=None)
     p.add_argument("--out", type=Path, default=Path("figures"))
+    p.add_argument("--target-width", type=int, default=None)
+    p.add_argument("--target-depth", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-wait", action="store_true", help="do not wait for others")
     p.set_defaults(func=run_transfer)
@@ -174,6 +176,8 @@ def run_transfer(args) -> int:
         wait=not args.no_wait,
         show_progress=not args.no_progress,
         out=args.out,
+        target_width=args.target_width,
+        target_depth=args.target_depth,
     )
     print(result.summary())
     print(f"figure and chosen HPs in {args.out}/")

@@ -546,9 +546,10 @@ class TransferResult:
             plt.close(fig)
         return fig
 
-    def save(self, out) -> dict[str, Path]:
+    def save(self, out, target_width=None, target_depth=None) -> dict[str, Path]:
         """Write ``transfer_<task>.png``, ``hparams_<task>.json`` (muP's chosen
-        HPs) and ``transfer_<task>.txt`` (the summary) into directory ``out``."""
+        HPs for the target size, default the largest swept) and
+        ``transfer_<task>.txt`` (the summary) into directory ``out``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         paths = {
@@ -558,7 +559,8 @@ class TransferResult:
         }
         self.plot(paths["figure"])
         p = "mup" if "mup" in self.parametrizations else self.parametrizations[0]
-        paths["hparams"].write_text(json.dumps(self.chosen_hps(p), indent=2) + "\n")
+        hps = self.chosen_hps(p, target_width, target_depth)
+        paths["hparams"].write_text(json.dumps(hps, indent=2) + "\n")
         paths["summary"].write_text(self.summary() + "\n")
         return paths
 
@@ -599,6 +601,8 @@ def transfer_sweep(
     wait: bool = True,
     show_progress: bool = True,
     out=None,
+    target_width: int | None = None,
+    target_depth: int | None = None,
 ) -> TransferResult:
     """Learning-rate transfer sweep of a task in muP against SP (TP5, sec. 3).
 
@@ -627,6 +631,8 @@ def transfer_sweep(
             taken over.
         wait: wait for grid points held by other live workers.
         out: a directory for the figure, the chosen HPs (JSON) and summary.
+        target_width, target_depth: the model the JSON's HPs are for (default
+            the largest swept).
 
     Returns:
         a :class:`TransferResult` over all finished trials of this grid.
@@ -699,7 +705,7 @@ def transfer_sweep(
         )
     result = TransferResult(t.name, tuple(records), widths, depths, parametrizations)
     if out is not None:
-        result.save(out)
+        result.save(out, target_width, target_depth)
     return result
 
 
