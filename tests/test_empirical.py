@@ -250,7 +250,7 @@ def test_empirical_ntk_of_wide_relu_mlps_approaches_the_limit(depth, widths):
     x = torch.randn(
         6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)
     )
-    nngp, ntk = relu_kernels(x, x, w_std, b_std, depth)
+    nngp, ntk = relu_kernels(x, None, w_std, b_std, depth)
     err = {}
     for width in widths:
         errs = []
