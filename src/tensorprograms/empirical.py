@@ -307,21 +307,30 @@ def empirical_ntk(
             "has batch norm in training mode: use implementation='jacobian'"
         )
 
-    if implementation == "jacobian":
-        if fn.coupled:
-            return _ntk_coupled(fn, x1, x2, symmetric, trace_outputs)
-        chunk = chunk_size or max(1, budget // (2 * per_example))
-        cache_x2 = (x2.shape[0] + chunk) * per_example <= budget
-        return _ntk_jacobian(
-            fn, x1, x2, symmetric, trace_outputs, chunk, n_out, cache_x2
+    try:
+        if implementation == "jacobian":
+            if fn.coupled:
+                return _ntk_coupled(fn, x1, x2, symmetric, trace_outputs)
+            chunk = chunk_size or max(1, budget // (2 * per_example))
+            cache_x2 = (x2.shape[0] + chunk) * per_example <= budget
+            return _ntk_jacobian(
+                fn, x1, x2, symmetric, trace_outputs, chunk, n_out, cache_x2
+            )
+        # Tangents J(x2)^T e: R x P; forward-mode products over a tile of c inputs:
+        # R x c x (activations + outputs), primal and tangent.
+        rows = chunk_size or max(
+            1, min(n_out * x2.shape[0], budget // (4 * fn.n_params * item))
         )
-    # Tangents J(x2)^T e: R x P; forward-mode products over a tile of c inputs:
-    # R x c x (activations + outputs), primal and tangent.
-    rows = chunk_size or max(
-        1, min(n_out * x2.shape[0], budget // (4 * fn.n_params * item))
-    )
-    tile = max(1, budget // (4 * rows * (acts + n_out) * 2 * item))
-    return _ntk_ntvp(fn, x1, x2, trace_outputs, rows, tile, n_out)
+        tile = max(1, budget // (4 * rows * (acts + n_out) * 2 * item))
+        return _ntk_ntvp(fn, x1, x2, trace_outputs, rows, tile, n_out)
+    except RuntimeError as err:
+        if "random" in str(err):
+            raise ValueError(
+                f"{type(module).__name__} draws random numbers in its forward pass "
+                "(dropout in training mode?), so its NTK is not defined: call "
+                "module.eval() first"
+            ) from err
+        raise
 
 
 def _sizes(fn: _Functional, x: torch.Tensor) -> tuple[int, int]:
