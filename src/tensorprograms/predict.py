@@ -462,6 +462,18 @@ class MSEEnsemble:
     ``diag_reg`` adds r I to both train-train kernels (r relative to each one's
     mean diagonal unless absolute): for ``get="nngp"`` at t = infinity this is the
     GP posterior with observation noise r.
+
+    Example:
+        >>> import torch
+        >>> from tensorprograms.predict import MSEEnsemble
+        >>> k = torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+        >>> y = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
+        >>> ens = MSEEnsemble(k, 2 * k, y, learning_rate=0.1, discrete=True)
+        >>> ens(0).tolist()  # before training, the mean is zero
+        [[0.0], [0.0]]
+        >>> g = ens(None, compute_cov=True)  # t = inf: the targets, no variance
+        >>> torch.allclose(g.mean, y), float(g.covariance.abs().max()) < 1e-12
+        (True, True)
     """
 
     def __init__(
