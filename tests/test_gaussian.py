@@ -305,3 +305,59 @@ def test_radial_rule_is_exact_for_chi_moments():
 def test_empty_batch_is_an_error():
     with pytest.raises(ValueError, match="empty batch"):
         G.expect(lambda g: g[..., 0], torch.zeros(0, 2, 2))
+
+
+def test_rank_three_rule_resolves_kinks_and_jumps():
+    # Stein's lemma on g2 gives closed forms for three correlated Gaussians:
+    # E[relu(g0) relu(g1) g2] = C20 E[step(g0) relu(g1)] + C21 E[relu(g0) step(g1)],
+    # E[step(g0) relu(g1) g2] = C20 E[delta(g0) relu(g1)] + C21 E[step(g0) step(g1)],
+    # E[delta(g0) relu(g1)] = N(0, C00) density at 0 * E[relu(N(0, C11 - C01^2/C00))].
+    C = torch.tensor([[1.0, 0.3, 0.5], [0.3, 2.0, -0.4], [0.5, -0.4, 1.5]]).double()
+    q0, q1, c01, c20, c21 = 1.0, 2.0, 0.3, 0.5, -0.4
+    kink = c20 * float(
+        nl.pair_expectation(nl.step, nl.relu, q0, q1, c01)
+    ) + c21 * float(nl.pair_expectation(nl.relu, nl.step, q0, q1, c01))
+    delta_relu = math.sqrt((q1 - c01**2 / q0) / (2 * math.pi)) / math.sqrt(
+        2 * math.pi * q0
+    )
+    jump = c20 * delta_relu + c21 * float(nl.step.dual(q0, q1, c01))
+    est = G.expect(
+        lambda g: torch.stack(
+            [
+                torch.relu(g[..., 0]) * torch.relu(g[..., 1]) * g[..., 2],
+                nl.step.fn(g[..., 0]) * torch.relu(g[..., 1]) * g[..., 2],
+            ],
+            -1,
+        ),
+        C,
+    )
+    assert est.method == "quadrature"
+    actual = (est.value - torch.tensor([kink, jump], dtype=torch.float64)).abs()
+    assert bool((actual <= est.error + 1e-12).all())
+    assert float(est.error.max()) < 1e-6
+
+
+def test_rank_three_with_many_kink_planes_falls_back_to_a_grid(monkeypatch):
+    # Twelve coordinates in a rank-3 space: the spherical rule would need more
+    # than max_points nodes, so a Gauss-Hermite grid is used; a polynomial is
+    # still integrated exactly: E[(g0 + ... + g11)^2] = sum of cov entries.
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(12, 3, generator=gen, dtype=torch.float64)
+    cov = A @ A.T
+    monkeypatch.setattr(G, "_sphere_rule", None)  # calling it would fail
+    est = G.expect(lambda g: g.sum(-1) ** 2, cov)
+    assert est.method == "quadrature"
+    assert float(est.value) == pytest.approx(float(cov.sum()), rel=1e-12)
+
+
+def test_bivariate_delta_against_functions_without_closed_form():
+    # E[delta(u) tanh(u')] = p_u(0) E[tanh(u') | u = 0]; tanh is odd, so it is 0;
+    # for sigmoid^2 the reference is a 1-D integration of sigmoid(x)^2 over
+    # N(0, q2 - c^2 / q1).
+    q1, q2, c = 1.0, 2.0, 0.5
+    est = G.bivariate(nl.delta, nl.tanh, q1, q2, c)
+    assert abs(float(est.value)) < 1e-14
+    sq = nl.nonlinearity(lambda x: torch.sigmoid(x) ** 2, name="sigmoid2")
+    est = G.bivariate(sq, nl.delta, q2, q1, c)
+    ref = oracles.mean(sq, q2 - c * c / q1) / math.sqrt(2 * math.pi * q1)
+    assert abs(float(est.value) - ref) <= float(est.error) + 1e-13

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.integrate
 import scipy.special
+import scipy.stats
 import torch
 
 from tensorprograms import nonlinearities as nl
@@ -56,6 +57,19 @@ MIXED_PAIRS = [
     (nl.exp, nl.polynomial([1.0, 1.0, 1.0])),
     (nl.sin, nl.polynomial([0.0, 1.0, 0.0, 1.0])),
     (nl.abs, nl.sign),
+    (nl.step, nl.exp),
+    (nl.relu, nl.exp),
+    (nl.step, nl.erf),
+    (nl.erf, nl.step),
+    (nl.relu, nl.erf),
+    (nl.step, nl.erf.derivative()),
+    (nl.relu, nl.erf.derivative()),
+    (nl.step, nl.gelu.derivative()),
+    (nl.step, nl.cos),
+    (nl.relu, nl.sin),
+    (nl.sign, nl.erf),
+    (nl.abs, nl.erf.derivative()),
+    (nl.leaky_relu(0.1), nl.gelu),
 ]
 
 
@@ -245,16 +259,53 @@ def test_derivatives_match_central_differences(phi):
     assert torch.allclose(phi.derivative_fn()(x), numeric, atol=1e-8), str(phi)
 
 
-def test_derivative_names_and_delta_errors():
+def test_derivative_names():
     assert nl.relu.derivative() == nl.step
+    assert nl.step.derivative() == nl.delta
     assert nl.abs.derivative() == nl.sign
     assert nl.exp.derivative() == nl.exp
     assert nl.polynomial([1.0, 2.0, 3.0]).derivative() == nl.polynomial([2.0, 6.0])
-    with pytest.raises(ValueError, match="Dirac delta"):
-        nl.step.derivative()
     # The leaky relu derivative keeps its closed form: E[phi'] = (1 + alpha) / 2.
     d = nl.leaky_relu(0.3).derivative()
     assert float(d.mean(2.0)) == pytest.approx(0.65, abs=1e-15)
+
+
+def test_dirac_delta_expectations():
+    # Stein's lemma gives independent references: E[u step(u)] = q E[delta(u)], and
+    # E[u step(u) psi(u')] = q1 E[delta(u) psi(u')] + c E[step(u) psi'(u')], the
+    # left sides by 2-D integration of piecewise smooth functions, the last terms
+    # by closed forms checked above.
+    def x_step(x):
+        return x * (x > 0).to(x.dtype)
+
+    for q in (0.3, 2.0):
+        assert _close(float(nl.delta.mean(q)), oracles.mean(x_step, q) / q)
+    for psi in (nl.relu, nl.erf, nl.exp, nl.step, nl.polynomial([1.0, -1.0, 2.0])):
+        for q1, q2, rho in ((1.0, 2.0, 0.5), (0.5, 1.0, -0.9), (2.0, 0.7, 0.0)):
+            c = rho * math.sqrt(q1 * q2)
+            lhs = oracles.pair(x_step, psi, q1, q2, rho)
+            if psi == nl.step:  # psi' = delta: E[step(u) delta(u')] closed form
+                rest = float(nl.pair_expectation(nl.step, nl.delta, q1, q2, c))
+            else:
+                rest = float(nl.pair_expectation(nl.step, psi.derivative(), q1, q2, c))
+            value = float(nl.pair_expectation(nl.delta, psi, q1, q2, c))
+            assert _close(value, (lhs - c * rest) / q1), (str(psi), q1, q2, rho)
+    # E[delta(u) delta(u')] is the joint density at (0, 0), infinite when |rho| = 1.
+    q1, q2, c = 1.0, 2.0, 0.5
+    density = scipy.stats.multivariate_normal([0, 0], [[q1, c], [c, q2]]).pdf([0, 0])
+    assert float(nl.delta.dual(q1, q2, c)) == pytest.approx(density, rel=1e-14)
+    assert float(nl.delta.dual(1.0, 1.0, 1.0)) == math.inf
+    # sign' = 2 delta, leaky_relu'' = (1 - alpha) delta.
+    assert float(nl.sign.derivative().mean(1.0)) == pytest.approx(
+        2 / math.sqrt(2 * math.pi)
+    )
+    second = nl.leaky_relu(0.2).derivative().derivative()
+    assert float(second.mean(1.0)) == pytest.approx(0.8 / math.sqrt(2 * math.pi))
+    # No pointwise values: evaluating it is an error, never a silent zero.
+    with pytest.raises(ValueError, match="no pointwise values"):
+        nl.delta(torch.zeros(3))
+    with pytest.raises(ValueError, match="Stein"):
+        nl.delta.derivative()
 
 
 def test_user_function_and_autograd_derivative():

@@ -170,6 +170,17 @@ def _lane_sel(c: torch.Tensor, lanes: torch.Tensor) -> torch.Tensor:
 # Estimates
 
 
+def _scaled(coef: torch.Tensor, est: Estimate) -> Estimate:
+    return Estimate(coef * est.value, coef.abs() * est.error, est.method)
+
+
+def _as_lin(node) -> _Lin:
+    if isinstance(node, _Lin):
+        return node
+    one = torch.ones(1, dtype=_F64)
+    return _Lin([(node, one)], torch.zeros(1, dtype=_F64), node.lanes)
+
+
 def _exact(value: torch.Tensor) -> Estimate:
     return Estimate(value, torch.zeros_like(value), "exact")
 
@@ -334,9 +345,12 @@ class _Evaluator:
             method = max(method, _METHODS.index(d.method))
             if bool((d.error > 0).any()):
                 err += sigma2 * float(d.error.max()) * self.norm(y)
-            if not bool((d.value != 0).any()):
+            # A coefficient within its integration error of zero is zero (TP2's
+            # gradient independence makes such terms vanish exactly).
+            coef = torch.where(d.value.abs() <= d.error + 1e-13, 0.0, d.value)
+            if not bool((coef != 0).any()):
                 continue
-            zy = y.scaled(sigma2 * d.value, max(x.lanes, y.lanes))
+            zy = y.scaled(sigma2 * coef, max(x.lanes, y.lanes))
             terms += list(zy.terms)
             const = const + zy.const
         return _Lin(terms, const, x.lanes, method, err)
@@ -439,7 +453,77 @@ class _Evaluator:
             closed = nonlinearities.pair_expectation(phi, psi, q1, q2, c)
             if closed is not None:
                 return Estimate(closed.to(_F64), torch.zeros_like(q1), "closed form")
-        return self._generic([(s, ls), (t, lt)], lambda v: v[0] * v[1])
+        return self._product([(s, ls), (t, lt)])
+
+    # ---- products of independent factors ------------------------------------------
+    def _factors(self, node, lanes, out, coef):
+        """Flatten products: ``node`` = ``coef * prod(out)``; returns ``coef``."""
+        if isinstance(node, _Apply) and node.func is MUL:
+            for arg in node.args:
+                if len(arg.terms) == 1 and not bool((arg.const != 0).any()):
+                    term, c = arg.terms[0]
+                    coef = coef * _lane_sel(c, lanes)
+                    coef = self._factors(term, lanes, out, coef)
+                else:
+                    out.append((arg, lanes))
+            return coef
+        out.append((node, lanes))
+        return coef
+
+    def _correlated(self, a: frozenset, b: frozenset) -> bool:
+        for i in a:
+            for j in b:
+                c = self.cov.get((i, j))
+                if c is not None and bool((c != 0).any()):
+                    return True
+        return False
+
+    def _product(self, roots) -> Estimate:
+        """``E[prod roots]``, factorised over groups of independent factors."""
+        factors: list = []
+        coef = torch.ones(roots[0][1].shape[0], dtype=_F64)
+        for node, lanes in roots:
+            coef = self._factors(node, lanes, factors, coef)
+        groups: list[list] = []  # connected components of correlated factors
+        for f in factors:
+            joined = [
+                g
+                for g in groups
+                if any(self._correlated(f[0].deps, h[0].deps) for h in g)
+            ]
+            merged = [f] + [h for g in joined for h in g]
+            groups = [g for g in groups if not any(g is j for j in joined)] + [merged]
+        if len(groups) == 1 and len(factors) == len(roots) == 2:
+            return _scaled(coef, self._generic(roots, lambda v: v[0] * v[1]))
+        parts = [self._group_expect(g) for g in groups]
+        value, error = coef.clone(), torch.zeros_like(coef)
+        for est in parts:  # |d(prod)| <= sum of |err_i| * prod of the others
+            error = error * est.value.abs() + value.abs() * est.error
+            value = value * est.value
+        method = max((_METHODS.index(e.method) for e in parts), default=0)
+        return Estimate(value, error, _METHODS[method])
+
+    def _group_expect(self, group) -> Estimate:
+        if len(group) == 1:
+            node, lanes = group[0]
+            if isinstance(node, _Atom):
+                return _exact(torch.zeros(lanes.shape[0], dtype=_F64))
+            if isinstance(node, _Lin):
+                return self.mean(node, lanes)
+            return self._mean_apply(node, lanes)
+        if len(group) == 2:
+            (a, la), (b, lb) = group
+            if isinstance(a, _Lin) or isinstance(b, _Lin):
+                return self.bilinear(_as_lin(a), la, _as_lin(b), lb)
+            return self._pair(a, la, b, lb)
+
+        def prod(vals):
+            out = vals[0]
+            for v in vals[1:]:
+                out = out * v
+            return out
+
+        return self._generic(group, prod)
 
     def _gauss1(self, t):
         """``(phi, u)`` when the term is ``phi(u)`` of a centred Gaussian form ``u``."""

@@ -11,13 +11,19 @@ NTK recursions (THEORY.md section 3) need. Anything without a closed form is
 integrated numerically by :mod:`tensorprograms.gaussian`.
 
 Closed forms are organised as an algebra: many functions are finite sums
-``sum_i coef_i * base_i(scale_i * x)`` of a few *bases* (relu, step, erf,
-``exp(-x^2)``, ``x exp(-x^2)``, ``x erf(x)``, exp, sin, cos, powers ``x^k``), and
-the expectation of a product of two such sums is the sum of the pairwise base
-expectations. So abs, leaky relu, sign, gelu (exact) and their derivatives, and
-polynomials get closed forms against each other without a table for every pair.
-Verified against two-dimensional numerical integration in
-``tests/test_nonlinearities.py``.
+``sum_i coef_i * base_i(scale_i * x)`` of a few *bases* (relu, step, the Dirac
+delta, erf, ``exp(-x^2)``, ``x exp(-x^2)``, ``x erf(x)``, exp, sin, cos, powers
+``x^k``), and the expectation of a product of two such sums is the sum of the
+pairwise base expectations (private module ``_closed_forms``). So abs, leaky relu,
+ABReLU, sign, gelu (exact) and all their derivatives, and polynomials get closed
+forms against each other without a table for every pair. The derivative of step
+is :data:`delta`: it has no pointwise values (calling it is an error) but exact
+Gaussian expectations, e.g. E[delta(u)] = 1/sqrt(2 pi q), which the ZDot terms
+of programs with step or sign need. Every closed form is checked against an
+independent two-dimensional integration in ``tests/test_nonlinearities.py``.
+
+Not known in closed form (``None``; integrated numerically): tanh, sigmoid, user
+functions, and a few mixed pairs (relu against cos, step against sin).
 """
 
 from __future__ import annotations
@@ -30,11 +36,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._closed_forms import (
+    SQRT_2PI,
+    SQRT_PI,
+    delta_fn,
+    derivative_terms,
+    terms_fn,
+    terms_mean,
+    terms_pair,
+)
+
 __all__ = [
     "Nonlinearity",
     "abrelu",
     "abs",
     "cos",
+    "delta",
     "erf",
     "exp",
     "gelu",
@@ -54,14 +71,6 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-
-_SQRT_PI = math.sqrt(math.pi)
-_SQRT_2PI = math.sqrt(2.0 * math.pi)
-
-# A term is (coef, base, scale): coef * base(scale * x). A base is a tuple
-# (name,) or ("pow", k); ("pow", 0) is the constant 1.
-_Base = tuple
-_Term = tuple[float, _Base, float]
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,9 +153,11 @@ class Nonlinearity:
         if special is not None:
             return special(self)
         if self._terms is not None:
-            terms = _derivative_terms(self._terms)
+            terms = derivative_terms(self._terms)
             if terms is not None:
-                fn = self.deriv if self.deriv is not None else _terms_fn(terms)
+                fn = self.deriv if self.deriv is not None else terms_fn(terms)
+                if any(b[0] == "delta" for _, b, _ in terms):
+                    fn = delta_fn
                 return Nonlinearity(
                     self.name + "'", self.params, fn, None, self.smooth, terms
                 )
@@ -179,7 +190,7 @@ class Nonlinearity:
         q = _check_variance(q, "q")
         zero = q == 0
         safe = torch.where(zero, torch.ones_like(q), q)
-        value = _terms_mean(self._terms, safe)
+        value = terms_mean(self._terms, safe)
         if value is None:
             return None
         return torch.where(zero, self._at_zero(q), value)
@@ -196,257 +207,14 @@ class Nonlinearity:
         return pair_expectation(self, self, q1, q2, c)
 
     def _at_zero(self, like: Tensor) -> Tensor:
+        if self._terms is not None and any(b[0] == "delta" for _, b, _ in self._terms):
+            return torch.full_like(like, math.inf)  # a point mass at 0
         value = self.fn(torch.zeros((), dtype=torch.float64, device=like.device))
         return torch.as_tensor(value, dtype=torch.float64).expand(like.shape)
 
 
-# --------------------------------------------------------------------------------------
-# Bases: value, derivative, parity, moments E[u^i b(u)] and pairwise expectations.
-
-
-def _base_eval(base: _Base, x: Tensor) -> Tensor:
-    name = base[0]
-    if name == "pow":
-        return x ** base[1] if base[1] else torch.ones_like(x)
-    if name == "relu":
-        return torch.relu(x)
-    if name == "step":
-        return (x > 0).to(x.dtype)
-    if name == "erf":
-        return torch.erf(x)
-    if name == "gauss":
-        return torch.exp(-x * x)
-    if name == "xgauss":
-        return x * torch.exp(-x * x)
-    if name == "xerf":
-        return x * torch.erf(x)
-    if name == "exp":
-        return torch.exp(x)
-    if name == "sin":
-        return torch.sin(x)
-    if name == "cos":
-        return torch.cos(x)
-    raise KeyError(base)
-
-
-def _base_derivative(base: _Base) -> tuple | None:
-    """d/dx base(x) as terms, None when unknown or a Dirac delta."""
-    name = base[0]
-    if name == "pow":
-        k = base[1]
-        return ((float(k), ("pow", k - 1), 1.0),) if k else ()
-    table = {
-        "relu": ((1.0, ("step",), 1.0),),
-        "erf": ((2.0 / _SQRT_PI, ("gauss",), 1.0),),
-        "gauss": ((-2.0, ("xgauss",), 1.0),),
-        "xerf": ((1.0, ("erf",), 1.0), (2.0 / _SQRT_PI, ("xgauss",), 1.0)),
-        "exp": ((1.0, ("exp",), 1.0),),
-        "sin": ((1.0, ("cos",), 1.0),),
-        "cos": ((-1.0, ("sin",), 1.0),),
-    }
-    return table.get(name)
-
-
-def _parity(base: _Base) -> int | None:
-    """+1 for even, -1 for odd bases, None otherwise."""
-    name = base[0]
-    if name == "pow":
-        return 1 if base[1] % 2 == 0 else -1
-    return {"erf": -1, "sin": -1, "xgauss": -1, "gauss": 1, "cos": 1, "xerf": 1}.get(
-        name
-    )
-
-
-def _double_factorial(n: int) -> int:
-    return math.prod(range(n, 0, -2)) if n > 0 else 1
-
-
-def _gauss_moment(n: int, q: Tensor) -> Tensor:
-    """E[v^n], v ~ N(0, q)."""
-    if n % 2:
-        return torch.zeros_like(q)
-    return _double_factorial(n - 1) * q ** (n // 2)
-
-
-def _abs_moment(n: int, q: Tensor) -> Tensor:
-    """E[|v|^n], v ~ N(0, q)."""
-    const = 2.0 ** (n / 2) * math.gamma((n + 1) / 2) / _SQRT_PI
-    return const * q ** (n / 2)
-
-
-def _moment(base: _Base, i: int, q: Tensor) -> Tensor | None:
-    """E[u^i base(u)], u ~ N(0, q), q > 0."""
-    name = base[0]
-    if name == "pow":
-        return _gauss_moment(i + base[1], q)
-    if name == "relu":
-        return 0.5 * _abs_moment(i + 1, q)
-    if name == "step":
-        return 0.5 * _abs_moment(i, q)
-    if name == "gauss":
-        # e^{-u^2} N(0, q) = N(0, q / (1 + 2q)) / sqrt(1 + 2q).
-        return _gauss_moment(i, q / (1 + 2 * q)) / torch.sqrt(1 + 2 * q)
-    if name == "xgauss":
-        return _moment(("gauss",), i + 1, q)
-    if name == "erf":
-        if i % 2 == 0:
-            return torch.zeros_like(q)
-        # Stein: E[u^i erf u] = q ((i-1) E[u^(i-2) erf u] + E[u^(i-1) erf'(u)]).
-        rest = _moment(("gauss",), i - 1, q) * (2 / _SQRT_PI)
-        if i > 1:
-            rest = rest + (i - 1) * _moment(("erf",), i - 2, q)
-        return q * rest
-    if name == "xerf":
-        return _moment(("erf",), i + 1, q)
-    if name == "exp":
-        # Tilting: e^u N(0, q) = e^{q/2} N(q, q).
-        total = sum(
-            math.comb(i, l) * q ** (i - l) * _gauss_moment(l, q) for l in range(i + 1)
-        )
-        return torch.exp(q / 2) * total
-    if name in ("sin", "cos"):
-        # E[u^i e^{iu}] = e^{-q/2} E[(v + i q)^i]; real part cos, imaginary sin.
-        real = torch.zeros_like(q)
-        imag = torch.zeros_like(q)
-        for l in range(i + 1):
-            p = i - l
-            term = math.comb(i, l) * q**p * _gauss_moment(l, q)
-            sign = (-1) ** (p // 2)
-            if p % 2 == 0:
-                real = real + sign * term
-            else:
-                imag = imag + sign * term
-        return torch.exp(-q / 2) * (real if name == "cos" else imag)
-    return None
-
-
-def _rho(q1: Tensor, q2: Tensor, c: Tensor) -> Tensor:
-    return (c / torch.sqrt(q1 * q2)).clamp(-1.0, 1.0)
-
-
-def _pair_table(n1: str, n2: str, q1: Tensor, q2: Tensor, c: Tensor) -> Tensor | None:
-    """E[b1(u) b2(u')] for bases named n1, n2 (q1, q2 > 0, c clamped)."""
-    if n1 == "relu" and n2 == "relu":
-        rho = _rho(q1, q2, c)
-        theta = torch.arccos(rho)
-        s = torch.sqrt(q1 * q2)
-        return s * (torch.sqrt(1 - rho * rho) + (math.pi - theta) * rho) / (2 * math.pi)
-    if n1 == "step" and n2 == "step":
-        return (math.pi - torch.arccos(_rho(q1, q2, c))) / (2 * math.pi)
-    if n1 == "relu" and n2 == "step":
-        # Stein: E[u 1{u>0} 1{u'>0}] = sqrt(q1) (1 + rho) / (2 sqrt(2 pi)).
-        return torch.sqrt(q1) * (1 + _rho(q1, q2, c)) / (2 * _SQRT_2PI)
-    det = (1 + 2 * q1) * (1 + 2 * q2) - 4 * c * c  # det(I + 2C) > 0
-    if n1 == "erf" and n2 == "erf":
-        arg = 2 * c / torch.sqrt((1 + 2 * q1) * (1 + 2 * q2))
-        return (2 / math.pi) * torch.arcsin(arg.clamp(-1.0, 1.0))
-    if n1 == "gauss" and n2 == "gauss":
-        return 1 / torch.sqrt(det)
-    if n1 == "xgauss" and n2 == "xgauss":
-        # Tilted covariance C (I + 2C)^{-1} has off-diagonal c / det.
-        return c / det**1.5
-    if n1 == "erf" and n2 == "xgauss":
-        # Stein on u': X = c E[erf'(u) g(u')] - 2 q2 X with g = exp(-u'^2).
-        return c * (2 / _SQRT_PI) / (torch.sqrt(det) * (1 + 2 * q2))
-    if n1 == "xerf" and n2 == "xerf":
-        # Two Stein steps (E[u u' erf(u) erf(u')]); derivation in the module notes.
-        b = (4 / math.pi) / torch.sqrt(det)
-        f = _pair_table("erf", "erf", q1, q2, c)
-        c2 = c * c
-        return b * (q1 * q2 - c2 + c2 / (1 + 2 * q1) + c2 / (1 + 2 * q2)) + c * f
-    if n1 == "exp" and n2 == "exp":
-        return torch.exp((q1 + q2) / 2 + c)
-    if n1 in ("sin", "cos") and n2 in ("sin", "cos"):
-        # E[cos(u - u')] = e^{-(q1+q2)/2 + c} etc.; written without overflow.
-        plus = torch.exp(c - (q1 + q2) / 2)
-        minus = torch.exp(-c - (q1 + q2) / 2)
-        if n1 == n2 == "sin":
-            return (plus - minus) / 2
-        if n1 == n2 == "cos":
-            return (plus + minus) / 2
-        return torch.zeros_like(c)
-    if n1 == "exp" and n2 in ("sin", "cos"):
-        # E[e^{u + i u'}] = exp((q1 - q2)/2 + i c).
-        trig = torch.sin(c) if n2 == "sin" else torch.cos(c)
-        return torch.exp((q1 - q2) / 2) * trig
-    return None
-
-
-def _pow_pair(j: int, base: _Base, q1: Tensor, q2: Tensor, c: Tensor) -> Tensor | None:
-    """E[u^j b(u')] by regression u = (c/q2) u' + w, w independent of u'."""
-    beta = c / q2
-    var_w = (q1 - c * beta).clamp(min=0.0)
-    total = torch.zeros_like(c)
-    for i in range(j + 1):
-        if (j - i) % 2:
-            continue
-        m = _moment(base, i, q2)
-        if m is None:
-            return None
-        total = total + math.comb(j, i) * beta**i * _gauss_moment(j - i, var_w) * m
-    return total
-
-
-def _base_pair(
-    b1: _Base, b2: _Base, q1: Tensor, q2: Tensor, c: Tensor
-) -> Tensor | None:
-    p1, p2 = _parity(b1), _parity(b2)
-    if p1 is not None and p2 is not None and p1 != p2:
-        return torch.zeros_like(c)  # odd times even under (u, u') -> (-u, -u')
-    for x, y, a, b in ((b1, b2, q1, q2), (b2, b1, q2, q1)):
-        value = _pair_table(x[0], y[0], a, b, c)
-        if value is not None:
-            return value
-    if b1[0] == "pow":
-        return _pow_pair(b1[1], b2, q1, q2, c)
-    if b2[0] == "pow":
-        return _pow_pair(b2[1], b1, q2, q1, c)
-    return None
-
-
-def _terms_mean(terms: tuple, q: Tensor) -> Tensor | None:
-    total = torch.zeros_like(q)
-    for coef, base, scale in terms:
-        m = _moment(base, 0, scale * scale * q)
-        if m is None:
-            return None
-        total = total + coef * m
-    return total
-
-
-def _terms_pair(t1: tuple, t2: tuple, q1: Tensor, q2: Tensor, c: Tensor):
-    total = torch.zeros_like(c)
-    for coef1, base1, a1 in t1:
-        for coef2, base2, a2 in t2:
-            value = _base_pair(base1, base2, a1 * a1 * q1, a2 * a2 * q2, a1 * a2 * c)
-            if value is None:
-                return None
-            total = total + coef1 * coef2 * value
-    return total
-
-
-def _terms_fn(terms: tuple) -> Callable[[Tensor], Tensor]:
-    def fn(x: Tensor) -> Tensor:
-        out = torch.zeros_like(x)
-        for coef, base, scale in terms:
-            out = out + coef * _base_eval(base, scale * x)
-        return out
-
-    return fn
-
-
-def _derivative_terms(terms: tuple) -> tuple | None:
-    out = []
-    for coef, base, scale in terms:
-        d = _base_derivative(base)
-        if d is None:
-            return None
-        out.extend((coef * scale * c2, b2, scale * s2) for c2, b2, s2 in d)
-    return tuple(out)
-
-
 def _from_terms(name: str, params: tuple, terms: tuple, smooth: bool) -> Nonlinearity:
-    fn = _terms_fn(terms)
+    fn = terms_fn(terms)
     return Nonlinearity(name, params, fn, None, smooth, terms)
 
 
@@ -464,6 +232,13 @@ def _check_variance(q: Any, what: str) -> Tensor:
             )
         q = q.clamp(min=0.0)
     return q
+
+
+def _delta_weight(phi: Nonlinearity) -> float | None:
+    """w when phi = w * delta (a sum of delta terms), else None."""
+    if not phi._terms or any(b[0] != "delta" for _, b, _ in phi._terms):
+        return None
+    return sum(coef / math.fabs(scale) for coef, _, scale in phi._terms)
 
 
 def pair_expectation(
@@ -504,7 +279,7 @@ def pair_expectation(
 
     value = None
     if phi._terms is not None and psi._terms is not None:
-        value = _terms_pair(phi._terms, psi._terms, s1, s2, cs)
+        value = terms_pair(phi._terms, psi._terms, s1, s2, cs)
     if value is None:
         value = _stein_pair(phi, psi, s1, s2, cs)
     if value is None:
@@ -653,7 +428,7 @@ def _gelu_fn(x: Tensor) -> Tensor:
 
 def _gelu_deriv(x: Tensor) -> Tensor:
     return 0.5 * (1 + torch.erf(x / math.sqrt(2.0))) + x * torch.exp(-x * x / 2) / (
-        _SQRT_2PI
+        SQRT_2PI
     )
 
 
@@ -685,7 +460,7 @@ erf = Nonlinearity(
     "erf",
     (),
     torch.erf,
-    lambda x: (2 / _SQRT_PI) * torch.exp(-x * x),
+    lambda x: (2 / SQRT_PI) * torch.exp(-x * x),
     True,
     ((1.0, ("erf",), 1.0),),
 )
@@ -774,10 +549,12 @@ def _polynomial_derivative(p: Nonlinearity) -> Nonlinearity:
 
 def _no_derivative(phi: Nonlinearity) -> Nonlinearity:
     raise ValueError(
-        f"the derivative of {phi} is a Dirac delta at 0, not a function; for "
-        "expectations of derivatives use Stein's lemma "
-        "(gaussian.expect_grad(..., smooth=False))"
+        f"the derivative of {phi} is not a measure with known Gaussian expectations "
+        "here; use gaussian.expect_grad(..., smooth=False) (Stein's lemma)"
     )
+
+
+delta = Nonlinearity("delta", (), delta_fn, None, False, ((1.0, ("delta",), 1.0),))
 
 
 square = Nonlinearity(
@@ -788,8 +565,8 @@ _DERIVATIVES: dict[str, Callable[[Nonlinearity], Nonlinearity]] = {
     "identity": lambda _: polynomial([1.0]),
     "relu": lambda _: step,
     "abs": lambda _: sign,
-    "step": _no_derivative,
-    "sign": _no_derivative,
+    "step": lambda _: delta,
+    "delta": _no_derivative,
     "square": lambda _: polynomial([0.0, 2.0]),
     "exp": lambda _: exp,
     "sin": lambda _: cos,
@@ -814,6 +591,7 @@ _REGISTRY = {
         identity,
         relu,
         step,
+        delta,
         abs,
         sign,
         erf,
@@ -838,8 +616,8 @@ def get(name_or_nonlinearity: str | Nonlinearity | Callable) -> Nonlinearity:
     >>> get("swish")
     Traceback (most recent call last):
     ...
-    ValueError: unknown nonlinearity 'swish'; known names: abs, cos, erf, exp, gelu, \
-identity, relu, sigmoid, sign, sin, square, step, tanh (or pass a function)
+    ValueError: unknown nonlinearity 'swish'; known names: abs, cos, delta, erf, exp, \
+gelu, identity, relu, sigmoid, sign, sin, square, step, tanh (or pass a function)
     """
     if isinstance(name_or_nonlinearity, Nonlinearity):
         return name_or_nonlinearity

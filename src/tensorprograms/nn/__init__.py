@@ -31,30 +31,46 @@ from ._activations import (
     Sigmoid,
     Tanh,
 )
+from ._attention import GlobalSelfAttention, SelfAttention
 from ._combinators import Parallel, Residual, Serial, parallel, serial
+from ._conv import AvgPool, Conv, Flatten, GlobalAvgPool
 from ._dense import Dense
 from ._kernel import Kernel
 from ._layer import Layer
+from ._norm import LayerNorm
+from ._program import MLPProgram, mlp_program, program_kernel
+from ._rnn import RNN
 from ._spec import from_spec
 
 __all__ = [
     "ABRelu",
     "Abs",
+    "AvgPool",
+    "Conv",
     "Dense",
     "Elementwise",
     "Erf",
+    "Flatten",
     "Gelu",
+    "GlobalAvgPool",
+    "GlobalSelfAttention",
     "Identity",
     "Kernel",
     "Layer",
+    "LayerNorm",
+    "MLPProgram",
     "LeakyRelu",
     "Parallel",
+    "RNN",
     "Relu",
     "Residual",
+    "SelfAttention",
     "Serial",
     "Sigmoid",
     "Tanh",
     "from_spec",
+    "mlp_program",
+    "program_kernel",
     "parallel",
     "serial",
 ]

@@ -93,8 +93,7 @@ def _variance(cov: torch.Tensor, nd: int) -> torch.Tensor:
 def _correlation(c, qa, qb, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
     """rho = c / sqrt(qa qb) clamped to [-1, 1], and qa qb; raises if |rho| > 1."""
     prod = qa * qb
-    norm = prod.sqrt().clamp_min_(1e-300)
-    rho = c / norm
+    rho = c / prod.sqrt().clamp_min_(1e-300)
     worst = float(rho.abs().max()) if rho.numel() else 0.0
     if worst > 1 + _PSD_SLACK:
         raise ValueError(
@@ -112,7 +111,7 @@ class ABRelu(_Activation):
     rho = c / sqrt(q1 q2), theta = arccos(rho),
 
         E[phi' phi'] = ((a^2 + b^2)(pi - theta) + 2 a b theta) / (2 pi),
-        E[phi phi] = (a - b)^2 sqrt(q1 q2 - c^2) / (2 pi) + c E[phi' phi'].
+        E[phi phi] = sqrt(q1 q2) ((a - b)^2 sin(theta) / (2 pi) + rho E[phi' phi']).
 
     Args:
         a: slope for x < 0.
@@ -136,15 +135,21 @@ class ABRelu(_Activation):
     def _dual(self, c, qa, qb):
         a, b = self.a, self.b
         rho, prod = _correlation(c, qa, qb, type(self).__name__)
+        norm = prod.sqrt_()
+        # E[phi phi'] = norm (rho dot + (a - b)^2 sqrt(1 - rho^2) / (2 pi)) is a smooth
+        # function of rho even at rho = 1 (d/drho = 2 pi dot); taking sqrt(1 - rho^2)
+        # from the same rounded rho as theta keeps collinear inputs exact to rounding.
+        nngp = rho.clone()
+        if a != b:
+            sine = (1 - rho * rho).clamp_min_(0).sqrt_()
         theta = torch.acos_(rho)
         dot = theta.mul_((2 * a * b - a * a - b * b) / (2 * math.pi)).add_(
             (a * a + b * b) / 2
         )
-        nngp = c * dot
+        nngp.mul_(dot)
         if a != b:
-            root = (prod - c * c).clamp_min_(0).sqrt_()
-            nngp.add_(root.mul_((a - b) ** 2 / (2 * math.pi)))
-        return nngp, dot
+            nngp.add_(sine.mul_((a - b) ** 2 / (2 * math.pi)))
+        return nngp.mul_(norm), dot
 
     def _dual_self(self, q):
         return (self.a**2 + self.b**2) / 2 * q

@@ -1,0 +1,387 @@
+"""Convolutions, pooling and flattening: linear maps of the spatial covariance.
+
+Inputs are channels-last (NWC, NHWC). A convolution with a shared filter of size k
+(prod of filter_shape) maps the covariance of its input, pair of positions by pair of
+positions (neural-tangents' conventions, Novak et al. 2019, Garriga-Alonso et al.
+2019):
+
+    nngp'[i, j] = W_std^2 / k sum_o nngp[s i + o - p, s j + o - p] + b_std^2,
+
+where SAME padding reads zeros outside the image (the sum is still divided by the full
+k: padded positions contribute nothing, exactly as in the finite network whose fan-in
+is C k), and ntk'[i, j] = W_std^2 / k sum_o ntk[...] + nngp'[i, j]. A box filter is
+separable, so the sum runs one spatial dimension at a time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ._dense import affine_kernel, check_parametrization, check_std
+from ._kernel import _State
+from ._layer import Layer, _BuildContext
+from ._sample import Function, affine_params
+
+__all__ = ["AvgPool", "Conv", "Flatten", "GlobalAvgPool"]
+
+
+def _tuple(value, nd: int | None, name: str, layer: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        value = (value,) * (nd or 1)
+    value = tuple(value)
+    if not value or any(int(v) != v or v < 1 for v in value):
+        raise ValueError(f"{layer}: {name} must be positive integers, got {value!r}")
+    if nd is not None and len(value) != nd:
+        raise ValueError(f"{layer}: {name} must have {nd} entries, got {value!r}")
+    return tuple(int(v) for v in value)
+
+
+def _padding(padding: str, layer: str) -> str:
+    if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
+        raise ValueError(f"{layer}: padding must be 'SAME' or 'VALID', got {padding!r}")
+    return padding.upper()
+
+
+def _geometry(n: int, k: int, s: int, padding: str, layer: str) -> tuple[int, int, int]:
+    """(output size, padding before, padding after) along one spatial dimension."""
+    if padding == "SAME":
+        out = -(-n // s)
+        total = max((out - 1) * s + k - n, 0)
+        return out, total // 2, total - total // 2
+    if n < k:
+        raise ValueError(f"{layer}: VALID window {k} does not fit the input size {n}")
+    return (n - k) // s + 1, 0, 0
+
+
+def _window_mean(
+    k: torch.Tensor, axes: tuple[int, ...], size: int, stride: int, geom
+) -> torch.Tensor:
+    """(1/size) sum_o k[..., s i + o - p, ...] along `axes` jointly (same o on all)."""
+    out, lo, hi = geom
+    if lo or hi:
+        pad = [0, 0] * k.ndim
+        for a in axes:
+            pad[2 * (k.ndim - 1 - a)] = lo
+            pad[2 * (k.ndim - 1 - a) + 1] = hi
+        k = F.pad(k, pad)
+    acc = None
+    for o in range(size):
+        idx = [slice(None)] * k.ndim
+        for a in axes:
+            idx[a] = slice(o, o + stride * (out - 1) + 1, stride)
+        term = k[tuple(idx)]
+        acc = term.clone() if acc is None else acc.add_(term)
+    return acc.div_(size)
+
+
+def _conv_map(k, batch_ndim, nd, full, filt, strides, geoms):
+    """Shared-filter box average of a covariance (B..., *S, *S) or (B..., *S)."""
+    for t in range(nd):
+        axes = (batch_ndim + t, batch_ndim + nd + t) if full else (batch_ndim + t,)
+        k = _window_mean(k, axes, filt[t], strides[t], geoms[t])
+    return k
+
+
+def _pool_map(k, batch_ndim, nd, full, window, strides, geoms):
+    """Average pooling of each side independently (full mode)."""
+    for t in range(nd):
+        for a in (batch_ndim + t, batch_ndim + nd + t):
+            k = _window_mean(k, (a,), window[t], strides[t], geoms[t])
+    return k
+
+
+def _check_spatial(in_shape, nd, layer):
+    if len(in_shape) != nd + 1:
+        raise ValueError(
+            f"{layer}: expected inputs with {nd} spatial axes and channels last, "
+            f"got per-example shape {tuple(in_shape)}"
+        )
+
+
+class Conv(Layer):
+    """Convolution with a shared filter, 1D or 2D (or 3D), channels last.
+
+    NTK parametrization: ``h = (W_std / sqrt(C k)) w * x + b_std b``, w, b ~ N(0, 1),
+    k = prod(filter_shape); standard: ``w ~ N(0, W_std^2 / (C k))``. Limit: see the
+    module docstring; the standard parametrization's NTK adds ``C k`` times the
+    unscaled window average of nngp (+ 1 with a bias), as neural-tangents does.
+
+    Args:
+        out_chan: output channels (the readout's when it is the last layer).
+        filter_shape: filter size per spatial axis, e.g. (3, 3).
+        strides: stride per spatial axis (None: 1).
+        padding: "VALID" (neural-tangents' default) or "SAME" (zeros, output size
+            ceil(n / stride), extra padding after).
+        W_std, b_std, parametrization: as in `Dense`.
+
+    Example:
+        >>> import torch
+        >>> from tensorprograms import nn
+        >>> x = torch.ones(1, 3, 1, dtype=torch.float64)  # (N, W, C)
+        >>> k = nn.Conv(1, (3,), padding="SAME").kernel(x)
+        >>> k.nngp[0, 0].tolist()  # edges see 2 of 3 taps: (1/3) * 2
+        [[0.6666666666666666, 0.6666666666666666, 0.3333333333333333], \
+[0.6666666666666666, 1.0, 0.6666666666666666], \
+[0.3333333333333333, 0.6666666666666666, 0.6666666666666666]]
+    """
+
+    parametric = True
+
+    def __init__(
+        self,
+        out_chan: int,
+        filter_shape,
+        strides=None,
+        padding: str = "VALID",
+        W_std: float = 1.0,
+        b_std: float | None = None,
+        parametrization: str = "ntk",
+    ):
+        if isinstance(out_chan, bool) or int(out_chan) != out_chan or out_chan < 1:
+            raise ValueError(
+                f"Conv: out_chan must be a positive integer, got {out_chan!r}"
+            )
+        self.out_chan = int(out_chan)
+        self.filter_shape = _tuple(filter_shape, None, "filter_shape", "Conv")
+        nd = len(self.filter_shape)
+        self.strides = (
+            (1,) * nd if strides is None else _tuple(strides, nd, "strides", "Conv")
+        )
+        self.padding = _padding(padding, "Conv")
+        self.W_std = check_std(W_std, "W_std", "Conv")
+        self.b_std = check_std(b_std, "b_std", "Conv", allow_none=True)
+        self.parametrization = check_parametrization(parametrization, "Conv")
+
+    def _geoms(self, spatial):
+        return [
+            _geometry(n, k, s, self.padding, "Conv")
+            for n, k, s in zip(spatial, self.filter_shape, self.strides)
+        ]
+
+    def out_shape(self, in_shape):
+        _check_spatial(in_shape, len(self.filter_shape), "Conv")
+        return (*(g[0] for g in self._geoms(in_shape[:-1])), self.out_chan)
+
+    def _step(self, s: _State, out_full: bool) -> _State:
+        nd = len(s.spatial)
+        geoms = self._geoms(s.spatial)
+        args = (nd, s.full, self.filter_shape, self.strides, geoms)
+        nngp = _conv_map(s.nngp, 2, *args)
+        ntk = _conv_map(s.ntk, 2, *args)
+        fan_in = s.channels * math.prod(self.filter_shape)
+        nngp_new, ntk_new = affine_kernel(
+            s, self.W_std, self.b_std, self.parametrization, fan_in, nngp, ntk
+        )
+        b2 = 0.0 if self.b_std is None else self.b_std**2
+        cov1, cov2 = s.map_covs(
+            lambda c, b: self.W_std**2 * _conv_map(c, b, *args) + b2
+        )
+        out = s.replace(
+            nngp=nngp_new,
+            ntk=ntk_new,
+            cov1=cov1,
+            cov2=cov2,
+            spatial=tuple(g[0] for g in geoms),
+            channels=self.out_chan,
+            centred=True,
+        )
+        return out if out_full else out.to_diagonal()
+
+    def _build(self, in_shape, ctx: _BuildContext):
+        n_out = ctx.size(self, self.out_chan)
+        module = _ConvModule(self, ctx, in_shape, n_out)
+        return module, (*(g[0] for g in self._geoms(in_shape[:-1])), n_out)
+
+
+class _ConvModule(torch.nn.Module):
+    def __init__(self, layer: Conv, ctx, in_shape, n_out):
+        super().__init__()
+        c = in_shape[-1]
+        self.nd = len(layer.filter_shape)
+        self.strides = layer.strides
+        geoms = layer._geoms(in_shape[:-1])
+        self.pad = [p for g in reversed(geoms) for p in g[1:]]
+        self.w_mult, self.b_mult = affine_params(
+            self,
+            ctx,
+            (n_out, c, *layer.filter_shape),
+            c * math.prod(layer.filter_shape),
+            n_out,
+            layer.W_std,
+            layer.b_std,
+            layer.parametrization,
+        )
+
+    def forward(self, x):
+        h = F.pad(x.movedim(-1, 1), self.pad)  # (N, C, *S)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self.nd - 1]
+        h = conv(h, self.w_mult * self.weight, stride=self.strides).movedim(1, -1)
+        if self.bias is not None:
+            h = h + self.b_mult * self.bias
+        return h
+
+
+class AvgPool(Layer):
+    """Average pooling over windows (neural-tangents' AvgPool, normalize_edges off).
+
+    Each output averages `window_shape` input positions, divided by the full window
+    size also where SAME padding adds zeros. The covariance is pooled on each side
+    independently: nngp'[i, j] = (1/k^2) sum_{o, o'} nngp[s i + o, s j + o'].
+
+    Args:
+        window_shape: window per spatial axis.
+        strides: stride per spatial axis (None: 1, as neural-tangents).
+        padding: "VALID" or "SAME".
+
+    Example:
+        >>> import torch
+        >>> from tensorprograms import nn
+        >>> x = torch.tensor([[[1.0], [-1.0]]], dtype=torch.float64)  # (1, 2, 1)
+        >>> nn.AvgPool((2,)).kernel(x).nngp.flatten().tolist()  # mean of +1, -1
+        [0.0]
+    """
+
+    def __init__(self, window_shape, strides=None, padding: str = "VALID"):
+        self.window_shape = _tuple(window_shape, None, "window_shape", "AvgPool")
+        nd = len(self.window_shape)
+        self.strides = (
+            (1,) * nd if strides is None else _tuple(strides, nd, "strides", "AvgPool")
+        )
+        self.padding = _padding(padding, "AvgPool")
+
+    def _geoms(self, spatial):
+        return [
+            _geometry(n, k, s, self.padding, "AvgPool")
+            for n, k, s in zip(spatial, self.window_shape, self.strides)
+        ]
+
+    def out_shape(self, in_shape):
+        _check_spatial(in_shape, len(self.window_shape), "AvgPool")
+        return (*(g[0] for g in self._geoms(in_shape[:-1])), in_shape[-1])
+
+    def _in_full(self, out_full):
+        return True
+
+    def _step(self, s: _State, out_full: bool) -> _State:
+        nd = len(s.spatial)
+        geoms = self._geoms(s.spatial)
+        args = (nd, True, self.window_shape, self.strides, geoms)
+        cov1, cov2 = s.map_covs(lambda c, b: _pool_map(c, b, *args))
+        out = s.replace(
+            nngp=_pool_map(s.nngp, 2, *args),
+            ntk=_pool_map(s.ntk, 2, *args),
+            cov1=cov1,
+            cov2=cov2,
+            spatial=tuple(g[0] for g in geoms),
+        )
+        return out if out_full else out.to_diagonal()
+
+    def _build(self, in_shape, ctx):
+        geoms = self._geoms(in_shape[:-1])
+        pad = [p for g in reversed(geoms) for p in g[1:]]
+        nd = len(self.window_shape)
+        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
+        window, strides = self.window_shape, self.strides
+
+        def fn(x):
+            h = F.pad(x.movedim(-1, 1), pad)
+            return pool(h, window, strides).movedim(1, -1)
+
+        shape = (*(g[0] for g in geoms), in_shape[-1])
+        return Function(fn, f"AvgPool{window}"), shape
+
+
+class GlobalAvgPool(Layer):
+    """Mean over all spatial positions: nngp' = mean_{i, j} nngp[i, j].
+
+    Example:
+        >>> import torch
+        >>> from tensorprograms import nn
+        >>> x = torch.tensor([[[1.0], [3.0]]], dtype=torch.float64)
+        >>> float(nn.GlobalAvgPool().kernel(x).nngp)  # ((1 + 3) / 2)^2
+        4.0
+    """
+
+    def out_shape(self, in_shape):
+        if len(in_shape) < 2:
+            raise ValueError(
+                f"GlobalAvgPool: inputs need spatial axes, got per-example shape "
+                f"{tuple(in_shape)}"
+            )
+        return (in_shape[-1],)
+
+    def _in_full(self, out_full):
+        return True
+
+    def _step(self, s: _State, out_full: bool) -> _State:
+        nd = len(s.spatial)
+
+        def pool(k, batch_ndim):
+            if not s.full:
+                raise RuntimeError("GlobalAvgPool received a diagonal state")
+            return k.mean(dim=tuple(range(batch_ndim, batch_ndim + 2 * nd)))
+
+        cov1, cov2 = s.map_covs(pool)
+        return s.replace(
+            nngp=pool(s.nngp, 2),
+            ntk=pool(s.ntk, 2),
+            cov1=cov1,
+            cov2=cov2,
+            spatial=(),
+            full=False,
+        )
+
+    def _build(self, in_shape, ctx):
+        axes = tuple(range(1, len(in_shape)))
+        return Function(lambda x: x.mean(dim=axes), "GlobalAvgPool"), (in_shape[-1],)
+
+    def __repr__(self):
+        return "GlobalAvgPool()"
+
+
+class Flatten(Layer):
+    """Flatten (N, *S, C) to (N, prod(S) C); the per-unit kernel is the mean of the
+    spatial diagonal, nngp' = mean_i nngp[i, i] (only the diagonal is needed, so the
+    layers before it run in diagonal mode).
+
+    Example:
+        >>> import torch
+        >>> from tensorprograms import nn
+        >>> x = torch.tensor([[[1.0], [3.0]]], dtype=torch.float64)
+        >>> float(nn.Flatten().kernel(x).nngp)  # (1 + 9) / 2
+        5.0
+    """
+
+    def out_shape(self, in_shape):
+        return (math.prod(in_shape),)
+
+    def _in_full(self, out_full):
+        return False
+
+    def _step(self, s: _State, out_full: bool) -> _State:
+        s = s.to_diagonal()
+        nd = len(s.spatial)
+
+        def flat(k, batch_ndim):
+            return k.mean(dim=tuple(range(batch_ndim, batch_ndim + nd))) if nd else k
+
+        cov1, cov2 = s.map_covs(flat)
+        return s.replace(
+            nngp=flat(s.nngp, 2),
+            ntk=flat(s.ntk, 2),
+            cov1=cov1,
+            cov2=cov2,
+            spatial=(),
+            channels=s.channels * math.prod(s.spatial),
+        )
+
+    def _build(self, in_shape, ctx):
+        return Function(lambda x: x.reshape(x.shape[0], -1), "Flatten"), (
+            math.prod(in_shape),
+        )
+
+    def __repr__(self):
+        return "Flatten()"
