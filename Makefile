@@ -20,8 +20,8 @@ demo: venv
 	$(BIN)/tensorprograms tour --out figures
 
 test: venv
-	$(BIN)/ruff format --check src tests benchmarks examples
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples tools
+	$(BIN)/ruff check src tests benchmarks examples tools
 	$(BIN)/python -m pytest -q
 
 bench: venv

@@ -450,9 +450,8 @@ class _Evaluator:
             (phi, u), (psi, v) = gs, gt
             q1, q2 = self._var(u, ls), self._var(v, lt)
             c = self._cross(u, ls, v, lt)
-            closed = nonlinearities.pair_expectation(phi, psi, q1, q2, c)
-            if closed is not None:
-                return Estimate(closed.to(_F64), torch.zeros_like(q1), "closed form")
+            # closed form, Mehler series or 2-D quadrature (tensorprograms.gaussian)
+            return gaussian.bivariate(phi, psi, q1, q2, c, **self._opts())
         return self._product([(s, ls), (t, lt)])
 
     # ---- products of independent factors ------------------------------------------
