@@ -66,6 +66,30 @@ def _fsdp(rank, out):
         out["fsdp_output"] = output
 
 
+def _fsdp1(rank, out):
+    """FSDP1 flattens parameters into FlatParameters (use_orig_params keeps views)."""
+    import warnings
+
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    model = build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FSDP1's deprecation notice
+        wrapped = FSDP(model, use_orig_params=True, device_id=torch.device("cpu"))
+    opt = tpm.MuAdam(wrapped, lr=0.01)
+    hp = tpm.effective_hparams(opt)
+    x, y = data()
+    half = slice(4 * rank, 4 * rank + 4)
+    train(wrapped, opt, x[half], y[half])
+    with FSDP.summon_full_params(wrapped):
+        full = {n: p.detach().clone() for n, p in model.named_parameters()}
+        output = wrapped(x).detach()
+    if rank == 0:
+        out["fsdp1_params"] = full
+        out["fsdp1_hparams"] = hp
+        out["fsdp1_output"] = output
+
+
 def run(rank, world, tmpdir):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
@@ -75,10 +99,11 @@ def run(rank, world, tmpdir):
     out = {}
     try:
         _ddp(rank, out)
-        try:
-            _fsdp(rank, out)
-        except Exception:  # reported to the test, which skips with the reason
-            out["fsdp_error"] = traceback.format_exc(limit=3)
+        for key, fn in (("fsdp", _fsdp), ("fsdp1", _fsdp1)):
+            try:
+                fn(rank, out)
+            except Exception:  # reported to the test, which skips with the reason
+                out[f"{key}_error"] = traceback.format_exc(limit=3)
         if rank == 0:
             torch.save(out, f"{tmpdir}/result.pt")
     finally:

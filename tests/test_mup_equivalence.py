@@ -3,7 +3,9 @@
 The same model code is built twice from the same seed, once with ``mup`` and once
 with ``tensorprograms.mup``; set-up, outputs, per-parameter learning rates and a few
 training steps must agree. Both libraries do the same float32 operations in the
-same order, so parameters and outputs agree exactly; after training steps we allow
+same order (the readout may scale its weight instead of its input, which is exact
+here because the width multipliers are powers of two), so parameters and outputs
+agree exactly; after training steps we allow
 float32 round-off (1e-6 relative), as the order of the per-group updates differs.
 """
 
@@ -64,6 +66,17 @@ def test_same_learning_rates_and_training(cls, name):
         assert eff[n]["lr"] == pytest.approx(lr, rel=1e-12), n
         assert eff[n]["weight_decay"] == pytest.approx(wd, rel=1e-12), n
     assert len({lr for lr, _ in ref_hp.values()}) > 1  # muP really scales
+    # same partition into groups (for SGD, mup keeps fixed parameters apart from
+    # hidden weights with the same factor 1; we merge groups with equal factors)
+    if name != "MuSGD":
+        ours_id = {id(p): n for n, p in ours.named_parameters()}
+        part_ref = {
+            frozenset(by_id[id(p)] for p in g["params"]) for g in opt_ref.param_groups
+        }
+        part = {
+            frozenset(ours_id[id(p)] for p in g["params"]) for g in opt.param_groups
+        }
+        assert part == part_ref
 
     x = inputs(cls)
     for model, o in ((ref, opt_ref), (ours, opt)):
@@ -81,3 +94,27 @@ def test_tied_readout_differs_deliberately():
     ours = build(tpm, GPT, 64, shared=tpm.MuSharedReadout)
     ratio = ref.tok.weight.std() / ours.tok.weight.std()
     assert ratio.item() == pytest.approx((64 / 16) ** 0.5, rel=1e-5)
+
+
+INITS = [
+    ("normal_", {"std": 0.02}),
+    ("uniform_", {"a": -0.1, "b": 0.1}),
+    ("kaiming_normal_", {"nonlinearity": "relu"}),
+    ("kaiming_uniform_", {"a": 5**0.5, "mode": "fan_out"}),
+    ("xavier_normal_", {"gain": 2.0}),
+    ("xavier_uniform_", {}),
+]
+
+
+@pytest.mark.parametrize("fn, kw", INITS)
+def test_same_init_functions(fn, kw):
+    ref, ours = build(mup, MLP, 64), build(tpm, MLP, 64)
+    for name in ("fc1.weight", "fc2.weight", "out.weight", "fc2.bias"):
+        if fn.startswith(("kaiming", "xavier")) and name.endswith("bias"):
+            continue
+        p, q = ref.get_parameter(name), ours.get_parameter(name)
+        torch.manual_seed(7)
+        getattr(mup.init, fn)(p, **kw)
+        torch.manual_seed(7)
+        getattr(tpm.init, fn)(q, **kw)
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=0, msg=name)

@@ -51,6 +51,7 @@ def test_copies_keep_mup(clone):
     other = clone(model)
     assert torch.equal(other(X), model(X))
     assert hparams(other) == hparams(model)
+    assert other.fc2.weight.infshape.width_mult() == 4.0  # re-attached for mup code
     assert other.out.width_mult() == 4.0
     tpm.set_base_shapes(other, MLP(16, tpm.MuReadout), delta=MLP(32, tpm.MuReadout))
     assert torch.equal(other(X), model(X))  # idempotent on the copy too
@@ -138,14 +139,18 @@ def test_ddp_two_processes(dist_result, reference):
     assert STEPS == 3
 
 
-def test_fsdp_two_processes(dist_result, reference):
-    if "fsdp_error" in dist_result:
-        pytest.skip(f"FSDP on CPU is not supported here: {dist_result['fsdp_error']}")
+@pytest.mark.parametrize("key", ["fsdp", "fsdp1"])
+def test_fsdp_two_processes(dist_result, reference, key):
+    """fsdp: FSDP2 ``fully_shard`` (DTensor parameters); fsdp1: flat parameters."""
+    if f"{key}_error" in dist_result:
+        pytest.skip(
+            f"{key} on CPU is not supported here: {dist_result[key + '_error']}"
+        )
     model, hp, x = reference
-    assert dist_result["fsdp_hparams"] == hp
+    assert dist_result[f"{key}_hparams"] == hp
     for name, value in model.named_parameters():
-        torch.testing.assert_close(dist_result["fsdp_params"][name], value, msg=name)
-    torch.testing.assert_close(dist_result["fsdp_output"], model(x).detach())
+        torch.testing.assert_close(dist_result[f"{key}_params"][name], value, msg=name)
+    torch.testing.assert_close(dist_result[f"{key}_output"], model(x).detach())
 
 
 def _ratios(opt):
@@ -324,3 +329,25 @@ def test_tied_readout_init_is_width_independent():
     # N(0, 1) entries; 11 * width samples: standard error of the std < 1/sqrt(2 * 176)
     for s in stds:
         assert s == pytest.approx(1.0, abs=4 / math.sqrt(2 * 11 * 16))
+
+
+@pytest.mark.parametrize(
+    "clone", [copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o))]
+)
+def test_optimizer_copies_keep_the_factors(clone):
+    model = setup()
+    opt = tpm.MuSGD(model, lr=0.1)
+    assert isinstance(opt, torch.optim.SGD)
+    other = clone(opt)
+    assert tpm.effective_hparams(other) == tpm.effective_hparams(opt)
+    # the copy's step really applies the factors: p <- p - lr_eff g
+    eff = tpm.effective_hparams(other)
+    names = [n for g in other.param_groups for n in g["mu_names"]]
+    params = [p for g in other.param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    other.step()
+    for n, p, b in zip(names, params, before):
+        torch.testing.assert_close(p.detach(), b - eff[n]["lr"], msg=n)
+    assert len({eff[n]["lr"] for n in names}) > 1

@@ -159,3 +159,55 @@ def test_depth_mup_learning_rates(kind, factor):
     assert eff["1.branch.1.weight"]["lr"] == pytest.approx(factor * width_factor)
     assert eff["0.weight"]["lr"] == pytest.approx(1.0 if kind == "MuAdam" else 2.0)
     assert tpm.get_state(model).infos["3.branch.1.bias"].depth_mult == 4.0
+
+
+@pytest.mark.parametrize(
+    "fn, kw",
+    [
+        ("normal_", {"std": 0.5}),
+        ("uniform_", {"a": -1.0, "b": 1.0}),
+        ("trunc_normal_", {}),
+        ("kaiming_normal_", {"mode": "fan_out"}),
+        ("kaiming_uniform_", {"a": 5**0.5}),
+        ("xavier_normal_", {}),
+        ("xavier_uniform_", {"gain": 0.5}),
+    ],
+)
+def test_init_helpers_equal_torch_at_base_and_scale_hidden(fn, kw):
+    model = setup(BASE)
+    torch.manual_seed(1)
+    ours = getattr(tpm.init, fn)(model.fc2.weight, **kw).detach().clone()
+    torch.manual_seed(1)
+    ref = getattr(torch.nn.init, fn)(torch.empty(BASE, BASE), **kw)
+    assert torch.equal(ours, ref)
+    wide = setup(8 * BASE)
+    getattr(tpm.init, fn)(wide.fc2.weight, **kw)
+    getattr(tpm.init, fn)(wide.fc1.weight, **kw)
+    # hidden: std at base shapes / sqrt(8); input weight: as at base (fan_in fixed)
+    n = wide.fc2.weight.numel()
+    assert wide.fc2.weight.std().item() == pytest.approx(
+        ref.std().item() / math.sqrt(8), rel=5 * math.sqrt(1 / n) + 5 / BASE
+    )
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_plain_linear_readout_gets_table3_without_multiplier(optimizer):
+    """do_assert=False keeps an nn.Linear readout: Table 3 applies as written."""
+
+    def net(width):
+        return MLP(width, lambda i, o, **kw: nn.Linear(i, o))
+
+    torch.manual_seed(0)
+    model = tpm.set_base_shapes(net(256), net(BASE), do_assert=False)
+    torch.manual_seed(0)
+    mu = setup(256)  # same draws, MuReadout form
+    with torch.no_grad():  # Table 3 init of the plain readout = effective MuReadout
+        torch.testing.assert_close(model.out.weight, mu.out.weight / 8)
+    ref, ref_opt = table3_reference(mu, optimizer, 0.05, eps=1e-4)
+    if optimizer == "sgd":
+        opt = tpm.MuSGD(model, lr=0.05)
+    else:
+        opt = tpm.MuAdam(model, lr=0.05, eps=1e-4, eps_scaling=True)
+    train(model, opt)
+    train(ref, ref_opt)
+    torch.testing.assert_close(model(X), ref(X), rtol=1e-4, atol=1e-5)

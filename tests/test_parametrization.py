@@ -190,3 +190,36 @@ def test_errors_name_what_is_wrong():
         get_parametrization("mup", "lion")
     with pytest.raises(ValueError, match="positive"):
         DEPTH_MUP.branch_multiplier(0, 4)
+
+
+@pytest.mark.parametrize("width", [256, 1024, 4096])
+def test_param_scaling_absolute_values_table3(width):
+    """THEORY.md section 8 with base width 256, input dim 32, output dim 10."""
+    from tensorprograms.parametrization import param_scaling
+
+    base = 256
+    k = width / base
+    hid = param_scaling("hidden", width, width, base, base, parametrization=MUP)
+    inp = param_scaling("input", 32, width, 32, base, parametrization=MUP)
+    out = param_scaling("output", width, 10, base, 10, parametrization=MUP)
+    bias = param_scaling("vector", 1, width, 1, base, parametrization=MUP)
+    assert hid.init_std**2 == pytest.approx(1 / width)  # var 1/fan_in
+    assert inp.init_std**2 == pytest.approx(1 / 32)  # var 1/fan_in, fan_in fixed
+    assert out.init_std**2 == pytest.approx(base / width**2)  # ~ 1/fan_in^2
+    assert bias.init_std == 1.0
+    assert (inp.lr_factor, bias.lr_factor) == pytest.approx((k, k))  # SGD: fan_out
+    assert out.lr_factor == pytest.approx(1 / k)  # SGD: 1/fan_in
+    assert hid.lr_factor == pytest.approx(1.0)
+    adam = {
+        r: param_scaling(r, width, width, base, base, parametrization=MUP_ADAM)
+        for r in ("hidden", "output")
+    }
+    assert adam["hidden"].lr_factor == adam["output"].lr_factor == pytest.approx(1 / k)
+    deep = param_scaling(
+        "hidden", width, width, base, base, parametrization=MUP_ADAM, depth=64,
+        base_depth=4,
+    )  # fmt: skip
+    assert deep.branch_multiplier == pytest.approx(0.25)
+    assert deep.lr_factor == pytest.approx(0.25 / k)  # Adam: 1/sqrt(L / L0)
+    with pytest.raises(ValueError, match="both depth and base_depth"):
+        param_scaling("hidden", 8, 8, depth=4)

@@ -44,6 +44,8 @@ __all__ = [
     "standard",
     "classify",
     "scaling",
+    "ConcreteScaling",
+    "param_scaling",
 ]
 
 ROLES = ("input", "hidden", "output", "vector")
@@ -217,8 +219,9 @@ def standard(c: float = 0.0, optimizer: str = "sgd") -> Parametrization:
 SP = standard(0.0)
 SP_ADAM = standard(0.0, "adam")
 # THEORY.md section 7 (spectral condition), written directly in multiplier-free form
-# for fixed input and output dimensions: std n_l^(-1/2) min(1, sqrt(n_l / n_{l-1}))
-# ... , SGD LR n_l / n_{l-1}, Adam LR 1 / n_{l-1}.
+# with n_0 = d and n_{L+1} fixed: std n_{l-1}^(-1/2) min(1, sqrt(n_l / n_{l-1})), SGD
+# LR n_l / n_{l-1}, Adam LR 1 / n_{l-1}; so input (b, c) = (0, -1), hidden (1/2, 0),
+# output (1, 1) for SGD, and c = (0, 1, 1) for Adam.
 SPECTRAL = Parametrization(
     "spectral", "sgd", E(0.0, 0.0, -1.0), E(0.0, 0.5, 0.0), E(0.0, 1.0, 1.0),
     E(0.0, 0.0, -1.0), rectangular_lr=True, reference="spectral condition sec. 3",
@@ -443,3 +446,86 @@ def scaling(
     if depth is not None:
         lr *= depth.lr_factor(parametrization.optimizer, depth_mult, 1)
     return Scaling(n ** (-exps.b), n ** (-exps.a), lr, n ** (-exps.d))
+
+
+@dataclass(frozen=True)
+class ConcreteScaling:
+    """Absolute init std and factors for one parameter (see :func:`param_scaling`).
+
+    Attributes:
+        init_std: the std to initialise the stored tensor with.
+        multiplier: width multiplier n^-a the module applies to it in forward.
+        branch_multiplier: Depth-muP residual multiplier (1 outside branches).
+        lr_factor: factor on the base learning rate.
+        eps_factor: factor on Adam's epsilon.
+    """
+
+    init_std: float
+    multiplier: float
+    branch_multiplier: float
+    lr_factor: float
+    eps_factor: float
+
+
+def param_scaling(
+    role: str,
+    fan_in: int,
+    fan_out: int,
+    base_fan_in: int | None = None,
+    base_fan_out: int | None = None,
+    *,
+    parametrization: Parametrization = MUP,
+    multiplier_exponent: float | None = 0.0,
+    depth: int | None = None,
+    base_depth: int | None = None,
+    sigma: float = 1.0,
+) -> ConcreteScaling:
+    """Concrete init std, multipliers and LR / epsilon factors of one parameter.
+
+    The init std is sigma / sqrt(base_fan_in) times n^-b (TP5 Table 3: variance
+    sigma^2 / fan_in at the base, biases and gains counting as fan_in = 1), so at
+    the base shapes it is PyTorch's fan_in rule; the other factors are those of
+    :func:`scaling` with width multipliers fan / base_fan, plus Depth-muP
+    (TP6: branch multiplier sqrt(L0 / L), LR factor ``DEPTH_MUP.lr_factor``)
+    when ``depth`` and ``base_depth`` are given (for a parameter inside a
+    residual branch).
+
+    Args:
+        role: "input", "hidden", "output" or "vector".
+        fan_in, fan_out: the parameter's fans (a vector: fan_out = its length).
+        base_fan_in, base_fan_out: the base model's (default: the same, i.e. the
+            dimension is not a width).
+        parametrization: the table (its ``optimizer`` picks the LR row).
+        multiplier_exponent: the module's multiplier exponent (0: Table 3).
+        depth, base_depth: network depth L and base depth L0, for branch weights.
+        sigma: init std scale at the base (a transferable hyperparameter).
+
+    >>> s = param_scaling("hidden", 1024, 1024, 256, 256, parametrization=MUP_ADAM)
+    >>> s.init_std == 1024**-0.5, s.lr_factor
+    (True, 0.25)
+    >>> param_scaling("output", 1024, 10, 256, 10).init_std == 256**-0.5 / 4
+    True
+    """
+    base_fan_in = fan_in if base_fan_in is None else base_fan_in
+    base_fan_out = fan_out if base_fan_out is None else base_fan_out
+    if min(fan_in, fan_out, base_fan_in, base_fan_out) <= 0:
+        raise ValueError(
+            f"fans must be positive, got fan_in={fan_in}, fan_out={fan_out}, "
+            f"base_fan_in={base_fan_in}, base_fan_out={base_fan_out}"
+        )
+    fi, fo = fan_in / base_fan_in, fan_out / base_fan_out
+    if (depth is None) != (base_depth is None):
+        raise ValueError("give both depth and base_depth, or neither")
+    depth_mult = 1.0 if depth is None else depth / base_depth
+    s = scaling(
+        role,
+        fan_in_mult=fi,
+        fan_out_mult=fo,
+        parametrization=parametrization,
+        multiplier_exponent=multiplier_exponent,
+        depth_mult=depth_mult,
+        depth=None if depth is None else DEPTH_MUP,
+    )
+    base_std = sigma if role == "vector" else sigma / math.sqrt(base_fan_in)
+    branch = 1.0 if depth is None else DEPTH_MUP.branch_multiplier(depth, base_depth)
+    return ConcreteScaling(base_std * s.init_std, s.multiplier, branch, s.lr, s.eps)

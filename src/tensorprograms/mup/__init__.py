@@ -16,11 +16,17 @@ Which table each piece implements (TP5 = arXiv 2203.03466):
   multiplier form of TP5 Table 8 (multiplier 1/width_mult);
 - :class:`MuSGD`, :class:`MuAdam`, :class:`MuAdamW`, :func:`mu_param_groups`: the
   SGD and Adam learning-rate rows of Table 3 (Table 8 form for the readout);
+- :mod:`tensorprograms.mup.init`: ``torch.nn.init`` drop-ins with Table 3's
+  init variances (and :func:`attention_scale`: TP5 section 4's 1/d attention);
+- :class:`MuResidual`: Depth-muP (TP6, THEORY.md section 9);
 - :mod:`tensorprograms.parametrization`: the abc(d) tables these come from (TP4
   section 3, TP4b, spectral condition), which also give SP, NTP, spectral.
 """
 
+from . import init
+from ._attention import attention_scale, mu_attention, zero_query_
 from ._depth import MuResidual, depth_mults
+from ._describe import ParamRow, describe
 from ._optim import (
     MuAdam,
     MuAdamW,
@@ -39,6 +45,7 @@ from ._shapes import (
     InfShape,
     ParamInfo,
     Role,
+    get_shapes,
     load_base_shapes,
     make_base_shapes,
     save_base_shapes,
@@ -48,6 +55,7 @@ from ._state import get_state, named_infos
 __all__ = [
     "set_base_shapes",
     "make_base_shapes",
+    "get_shapes",
     "save_base_shapes",
     "load_base_shapes",
     "MuReadout",
@@ -58,6 +66,10 @@ __all__ = [
     "MuAdam",
     "MuAdamW",
     "MuResidual",
+    "attention_scale",
+    "mu_attention",
+    "zero_query_",
+    "init",
     "depth_mults",
     "mu_param_groups",
     "mu_optimizer",
@@ -65,6 +77,8 @@ __all__ = [
     "effective_hparams",
     "param_factors",
     "named_infos",
+    "describe",
+    "ParamRow",
     "get_state",
     "unwrap",
     "BaseShapes",

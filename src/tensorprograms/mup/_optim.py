@@ -22,9 +22,11 @@ the group's values by the factors just for the step and a post-hook restores the
 So ``StepLR``, ``LambdaLR``, ``OneCycleLR``, ``CyclicLR`` or a manual
 ``group["lr"] = x`` all keep muP's ratios; the effective values are
 :func:`effective_hparams`. (``mup`` stores the scaled values instead, which
-schedulers that set absolute values overwrite.) PyTorch does not pickle hooks:
-save ``optimizer.state_dict()`` and load it into a new ``MuAdam``/``MuSGD``, as
-usual, rather than pickling the optimizer object.
+schedulers that set absolute values overwrite.) PyTorch drops hooks when an
+optimizer is pickled or deep-copied, so optimizers of ``torch.optim`` are returned
+as a thin subclass (``MuOptimizer_Adam`` for ``Adam``, still an ``Adam``) whose
+``__setstate__`` puts the hooks back; an optimizer class from elsewhere is used as
+is (save its ``state_dict()`` and load it into a new muP optimizer instead).
 
 **Weight decay.** ``weight_decay_scaling="inverse_lr"`` (default, as ``mup``)
 divides weight decay by the LR factor, so every parameter decays by the same
@@ -109,7 +111,7 @@ def param_factors(
             fan_in_mult=fan_in,
             fan_out_mult=fan_out,
             parametrization=get_parametrization(info.parametrization, kind),
-            multiplier_exponent=1.0 if info.role is Role.OUTPUT else 0.0,
+            multiplier_exponent=info.multiplier_exponent,
         )
         lr, eps = s.lr, s.eps
     if info.depth_mult != 1.0 and info.role is not Role.FIXED:
@@ -283,7 +285,48 @@ def mu_optimizer(
         weight_decay_scaling=weight_decay_scaling,
         eps_scaling=eps_scaling,
     )
-    return attach_mu_hooks(impl(groups, **kwargs))
+    return attach_mu_hooks(_mu_class(impl)(groups, **kwargs))
+
+
+_PREFIX = "MuOptimizer_"
+_MU_CLASSES: dict[type, type] = {}
+
+
+def _setstate_for(impl: type):
+    def __setstate__(self, state):
+        impl.__setstate__(self, state)
+        self.__dict__.pop("_tp_mu_hooked", None)
+        attach_mu_hooks(self)
+
+    return __setstate__
+
+
+def _mu_class(impl: type) -> type:
+    """``impl`` itself, or for a ``torch.optim`` class a subclass that keeps the
+    muP hooks through pickling and deep copies (found again by name on unpickling,
+    see the module ``__getattr__``)."""
+    if getattr(torch.optim, impl.__name__, None) is not impl:
+        return impl
+    cls = _MU_CLASSES.get(impl)
+    if cls is None:
+        name = _PREFIX + impl.__name__
+        doc = f"``torch.optim.{impl.__name__}`` with muP step hooks (see MuAdam)."
+        attrs = {
+            "__setstate__": _setstate_for(impl),
+            "__module__": __name__,
+            "__doc__": doc,
+        }
+        cls = type(name, (impl,), {**attrs, "__qualname__": name})
+        _MU_CLASSES[impl] = cls
+    return cls
+
+
+def __getattr__(name: str):
+    if name.startswith(_PREFIX):
+        impl = getattr(torch.optim, name[len(_PREFIX) :], None)
+        if isinstance(impl, type) and issubclass(impl, torch.optim.Optimizer):
+            return _mu_class(impl)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def MuSGD(params, impl=SGD, **kwargs):

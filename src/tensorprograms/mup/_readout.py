@@ -99,9 +99,12 @@ class MuReadout(_Readout, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self._input_scale()
-        if scale != 1.0:
-            x = x * scale
-        return F.linear(x, self.weight, self.bias)
+        if scale == 1.0:
+            return F.linear(x, self.weight, self.bias)
+        # W (s x) = (s W) x: scale whichever of the two is smaller (cheaper)
+        if x.numel() >= self.weight.numel():
+            return F.linear(x, self.weight * scale, self.bias)
+        return F.linear(x * scale, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, output_mult={self.output_mult}"

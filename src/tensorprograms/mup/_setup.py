@@ -115,23 +115,19 @@ def _target_factors(model: nn.Module, infos, parametrization: str) -> dict:
     """Factor on PyTorch's default init that the parametrization wants (TP5 Table
     3 init row, readouts in Table 8's multiplier form), per parameter name."""
     names = {id(p): clean_name(n) for n, p in model.named_parameters()}
-    readout_weights = {
-        id(m.weight) for m in model.modules() if is_readout(m) and m.weight is not None
-    }
     table = get_parametrization(parametrization, "sgd")  # b is the same for Adam
     torch_std = _torch_std_factor(model, infos, names)
     factors = {}
-    for pid, name in names.items():
+    for name in names.values():
         info = infos[name]
         target = 1.0
-        if parametrization == "sp" and pid not in readout_weights:
+        if parametrization == "sp" and info.multiplier_exponent == 0.0:
             # SP is PyTorch's default; biases keep PyTorch's 1/sqrt(fan_in) bound
             # (TP4 writes SP's biases width-independent; same classification).
             target = torch_std.get(name, 1.0)
         elif info.role is not Role.FIXED:
             exps = table.layer(info.role.value)
-            a = 1.0 if pid in readout_weights else 0.0
-            exps = exps.with_multiplier(a, table.optimizer)
+            exps = exps.with_multiplier(info.multiplier_exponent, table.optimizer)
             target = info.role_width_mult ** (-exps.b)
         factor = target / torch_std.get(name, 1.0)
         if factor != 1.0:
@@ -214,9 +210,13 @@ def set_base_shapes(
     _check_readouts(inner, infos, do_assert)
     depth = depth_mults(inner)
     ids = {clean_name(n): id(p) for n, p in inner.named_parameters()}
+    readout_weights = {id(m.weight) for m in inner.modules() if is_readout(m)}
     infos = {
         n: dataclasses.replace(
-            i, depth_mult=depth.get(ids[n], 1.0), parametrization=parametrization
+            i,
+            depth_mult=depth.get(ids[n], 1.0),
+            parametrization=parametrization,
+            multiplier_exponent=1.0 if ids[n] in readout_weights else 0.0,
         )
         for n, i in infos.items()
     }

@@ -36,6 +36,7 @@ __all__ = [
     "ParamInfo",
     "BaseShapes",
     "make_base_shapes",
+    "get_shapes",
     "save_base_shapes",
     "load_base_shapes",
 ]
@@ -155,6 +156,8 @@ class ParamInfo:
             branch (:class:`MuResidual`), else 1.
         parametrization: name of the table that applies ("mup", "sp", "ntp",
             "spectral", "mean_field"; see :mod:`tensorprograms.parametrization`).
+        multiplier_exponent: a of the forward multiplier width_mult^-a the module
+            applies (1 for readout weights in MuReadout & co., else 0).
     """
 
     name: str
@@ -164,6 +167,7 @@ class ParamInfo:
     tied: bool = False
     depth_mult: float = 1.0
     parametrization: str = "mup"
+    multiplier_exponent: float = 0.0
 
     @property
     def role_width_mult(self) -> float:
@@ -271,6 +275,16 @@ def _zip_base(base: Mapping, delta: Mapping) -> dict[str, tuple]:
             "width)"
         )
     return out
+
+
+def get_shapes(model: nn.Module) -> dict[str, tuple]:
+    """Parameter shapes by name (``mup.get_shapes``), e.g. for :func:`make_base_shapes`.
+
+    >>> from torch import nn
+    >>> get_shapes(nn.Linear(3, 2))
+    {'weight': (2, 3), 'bias': (2,)}
+    """
+    return param_shapes(model)
 
 
 def make_base_shapes(base_shapes, delta_shapes, savefile: str | None = None):
@@ -389,7 +403,7 @@ def _role(name: str, shape: InfShape, modules: Iterable[nn.Module]) -> tuple:
     )
     if ninf == 2 and shape[0].isinf() and shape[1].isinf():
         return Role.HIDDEN, False
-    if ninf == 1 and shape[0].isinf() and linear_like:
+    if ninf == 1 and shape[0].isinf():  # PyTorch's (fan_out, fan_in, ...) layout
         return Role.INPUT, False
     if ninf == 1 and shape[1].isinf() and linear_like:
         return Role.OUTPUT, False

@@ -102,6 +102,13 @@ def named_infos(model: nn.Module):
     for name, p in model.named_parameters():
         key = clean_name(clean_name(name), clean_name(prefix))
         info = state.infos.get(key)
+        if info is None and "flat_param" in key:
+            raise ValueError(
+                f"parameter {name!r} is an FSDP flat parameter holding several "
+                "parameters with different muP learning rates; wrap with "
+                "FullyShardedDataParallel(..., use_orig_params=True) or use FSDP2's "
+                "fully_shard"
+            )
         if info is None:
             raise ValueError(
                 f"parameter {name!r} is not in the model's muP base shapes; was a "
@@ -124,9 +131,17 @@ def info_of_tensor(p) -> ParamInfo:
         root = state.root
         if root is None:
             continue
-        for name, q in root.named_parameters():
-            if q is p:
-                return state.infos[clean_name(name)]
+        params = dict(root.named_parameters())
+        if not any(q is p for q in params.values()):
+            continue
+        # re-attach the attributes (lost by deepcopy, assign-loading, FSDP) so that
+        # the next lookups, and code written for mup, find them directly
+        for name, q in params.items():
+            info = state.infos.get(clean_name(name))
+            if info is not None:
+                q.infshape = info.infshape
+                q._tp_mup_info = info
+        return p._tp_mup_info
     raise ValueError(
         f"a parameter of shape {tuple(p.shape)} belongs to no model set up with "
         "set_base_shapes; call tensorprograms.mup.set_base_shapes(model, base) "
