@@ -5,7 +5,7 @@ Write a computation once as a :class:`Program`; read it two ways:
 infinite-width limit by the Master Theorem.
 """
 
-from . import empirical, gaussian, nonlinearities, predict
+from . import empirical, gaussian, mup, nonlinearities, parametrization, predict
 from .empirical import empirical_nngp, empirical_ntk
 from .finite import FiniteResult, run
 from .gaussian import Estimate
@@ -54,6 +54,8 @@ __all__ = [
     "empirical_ntk",
     "empirical_nngp",
     "predict",
+    "mup",
+    "parametrization",
     "nonlinearities",
     "abs",
     "abrelu",
