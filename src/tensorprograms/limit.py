@@ -766,12 +766,15 @@ class LimitResult:
     def __init__(self, program: Program, ev: _Evaluator):
         self.program = program
         self._ev = ev
+        self._length = len(ev.program.instructions)
 
     def _index(self, key):
         if isinstance(key, str):
             key = self.program[key]
         if not isinstance(key, _Handle) or key.program is not self.program:
             raise KeyError(f"{key!r} is not a value of this program")
+        if key.index >= self._length:
+            raise KeyError(f"{key.name!r} was added after the program was evaluated")
         return key.index
 
     def _shape(self, v, lanes):

@@ -515,6 +515,7 @@ class Program:
         self._groups = 0
         self._batch = 0  # lanes of the lane vectors (all equal), 0 while none
         self._used_by: list[list[int]] = []
+        self._frozen = False
 
     # ---- bookkeeping ---
     def __len__(self):
@@ -534,7 +535,20 @@ class Program:
             raise ProgramError(f"the name {name!r} is already used in this program")
         return name
 
+    def freeze(self) -> Program:
+        """Forbid further instructions (the readers' results refer to this state)."""
+        self._frozen = True
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
     def _append(self, ins, ratio=None, lanes=0, uses=()):
+        if self._frozen:
+            raise ProgramError(
+                f"cannot add {type(ins).__name__} {ins.name!r}: the program is frozen"
+            )
         self.instructions = self.instructions + (ins,)
         self._names.add(ins.name)
         self._ratio.append(ratio)
