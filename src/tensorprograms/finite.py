@@ -33,8 +33,8 @@ from .program import (
     Program,
     ScalarFn,
     Scale,
-    _Handle,
 )
+from .program._handles import _Handle
 
 __all__ = ["run", "FiniteResult", "width_of"]
 
