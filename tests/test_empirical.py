@@ -250,7 +250,7 @@ def test_empirical_ntk_of_wide_relu_mlps_approaches_the_limit(depth, widths):
     x = torch.randn(
         6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)
     )
-    nngp, ntk = relu_kernels(x, x, w_std, b_std, depth)
+    nngp, ntk = relu_kernels(x, None, w_std, b_std, depth)
     err = {}
     for width in widths:
         errs = []
@@ -263,3 +263,12 @@ def test_empirical_ntk_of_wide_relu_mlps_approaches_the_limit(depth, widths):
     small, large = widths
     assert 2.0 < err[small] / err[large] < 8.0, err
     assert err[large] < 0.1, err
+
+
+def test_random_forward_is_refused():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(0.5)).double()
+    x = torch.randn(3, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"dropout in training mode\?"):
+        empirical_ntk(net, x)
+    net.eval()  # dropout off: the NTK of the linear layer, x x^T + 1 per unit
+    assert torch.allclose(empirical_ntk(net, x), x @ x.T + 1, atol=1e-12)

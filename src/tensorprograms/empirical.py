@@ -33,6 +33,16 @@ _IMPLEMENTATIONS = ("auto", "jacobian", "ntvp")
 # input checks
 
 
+def _materialise(module: torch.nn.Module, x) -> None:
+    """Build lazily created parameters (torch's Lazy* layers, networks sampled
+    without an input shape) by one forward pass on the first inputs."""
+    params = list(module.parameters())
+    lazy = any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in params)
+    if (lazy or not params) and isinstance(x, torch.Tensor) and x.ndim >= 1:
+        with torch.no_grad():
+            module(x[:2])
+
+
 def _module_state(module: torch.nn.Module):
     """Split a module into differentiated parameters and fixed tensors."""
     if not isinstance(module, torch.nn.Module):
@@ -229,6 +239,10 @@ def empirical_ntk(
     free GPU memory, or a quarter of the free RAM up to 2 GiB). With ``x2=None`` only
     the upper triangle of tiles is computed. Contractions are done in float64.
 
+    Modules whose parameters are created at the first call (torch's ``Lazy*``
+    layers, ``tensorprograms.nn`` networks sampled without ``input_shape``) are
+    built by one forward pass on ``x1[:2]``.
+
     Batch norm in training mode couples the examples of a batch; it is detected, and
     then x1 and x2 are each evaluated as one whole batch (``chunk_size`` is ignored
     for them) by the Jacobian of the batched output.
@@ -268,6 +282,8 @@ def empirical_ntk(
         )
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if isinstance(module, torch.nn.Module):
+        _materialise(module, x1)
     fn = _Functional(module)
     x1 = _check_inputs("x1", x1, fn.like)
     symmetric = x2 is None
@@ -291,21 +307,30 @@ def empirical_ntk(
             "has batch norm in training mode: use implementation='jacobian'"
         )
 
-    if implementation == "jacobian":
-        if fn.coupled:
-            return _ntk_coupled(fn, x1, x2, symmetric, trace_outputs)
-        chunk = chunk_size or max(1, budget // (2 * per_example))
-        cache_x2 = (x2.shape[0] + chunk) * per_example <= budget
-        return _ntk_jacobian(
-            fn, x1, x2, symmetric, trace_outputs, chunk, n_out, cache_x2
+    try:
+        if implementation == "jacobian":
+            if fn.coupled:
+                return _ntk_coupled(fn, x1, x2, symmetric, trace_outputs)
+            chunk = chunk_size or max(1, budget // (2 * per_example))
+            cache_x2 = (x2.shape[0] + chunk) * per_example <= budget
+            return _ntk_jacobian(
+                fn, x1, x2, symmetric, trace_outputs, chunk, n_out, cache_x2
+            )
+        # Tangents J(x2)^T e: R x P; forward-mode products over a tile of c inputs:
+        # R x c x (activations + outputs), primal and tangent.
+        rows = chunk_size or max(
+            1, min(n_out * x2.shape[0], budget // (4 * fn.n_params * item))
         )
-    # Tangents J(x2)^T e: R x P; forward-mode products over a tile of c inputs:
-    # R x c x (activations + outputs), primal and tangent.
-    rows = chunk_size or max(
-        1, min(n_out * x2.shape[0], budget // (4 * fn.n_params * item))
-    )
-    tile = max(1, budget // (4 * rows * (acts + n_out) * 2 * item))
-    return _ntk_ntvp(fn, x1, x2, trace_outputs, rows, tile, n_out)
+        tile = max(1, budget // (4 * rows * (acts + n_out) * 2 * item))
+        return _ntk_ntvp(fn, x1, x2, trace_outputs, rows, tile, n_out)
+    except RuntimeError as err:
+        if "random" in str(err):
+            raise ValueError(
+                f"{type(module).__name__} draws random numbers in its forward pass "
+                "(dropout in training mode?), so its NTK is not defined: call "
+                "module.eval() first"
+            ) from err
+        raise
 
 
 def _sizes(fn: _Functional, x: torch.Tensor) -> tuple[int, int]:
@@ -487,6 +512,8 @@ def empirical_nngp(
     n_out = None
     for count, seed in enumerate(seeds, start=1):
         module = module_factory(seed)
+        if isinstance(module, torch.nn.Module):
+            _materialise(module, x1)
         _, fixed_like = _module_state_any(module)
         a = _check_inputs("x1", x1, fixed_like)
         b = a if symmetric else _check_inputs("x2", x2, fixed_like)
