@@ -6,7 +6,8 @@ transfer sweep stored in an Optuna study (resumable; many workers may share a
 database URL). ``tensorprograms audit``: the audit table of a built-in model.
 
 Wire into an ``argparse`` CLI with :func:`add_subcommands`; every subcommand
-sets ``func`` to a handler ``func(args) -> int`` (the exit status).
+sets ``handler`` (and ``func``, the same) to ``handler(args) -> int``, the exit
+status.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def add_subcommands(subparsers) -> None:
     )
     p.add_argument("--tol", type=float, default=0.25)
     p.add_argument("--out", type=Path, default=Path("figures"))
-    p.set_defaults(func=run_coord_check)
+    p.set_defaults(func=run_coord_check, handler=run_coord_check)
 
     p = subparsers.add_parser(
         "transfer",
@@ -108,7 +109,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--target-depth", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-wait", action="store_true", help="do not wait for others")
-    p.set_defaults(func=run_transfer)
+    p.set_defaults(func=run_transfer, handler=run_transfer)
 
     p = subparsers.add_parser(
         "audit",
@@ -119,7 +120,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--task", choices=TASKS, default="mlp")
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--parametrization", choices=("mup", "sp"), default="mup")
-    p.set_defaults(func=run_audit)
+    p.set_defaults(func=run_audit, handler=run_audit)
 
 
 def run_coord_check(args) -> int:
