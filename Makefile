@@ -17,6 +17,9 @@ $(BIN)/.installed: requirements-test.txt requirements-reference.txt pyproject.to
 venv: $(BIN)/.installed
 
 demo: venv
+	mkdir -p figures
+	$(BIN)/tensorprograms transfer --task mlp --out figures --storage sqlite:///figures/transfer.db
+	$(BIN)/tensorprograms coord-check --task transformer --out figures
 	$(BIN)/tensorprograms tour --out figures
 
 test: venv

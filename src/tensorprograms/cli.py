@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="small kernel part (for smoke tests)"
     )
     tour.set_defaults(handler=_tour)
+
+    from .mup._cli import add_subcommands
+
+    add_subcommands(sub)  # coord-check, transfer, audit
     return parser
 
 

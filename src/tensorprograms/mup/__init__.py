@@ -24,6 +24,13 @@ Which table each piece implements (TP5 = arXiv 2203.03466):
 """
 
 from . import init
+from ._audit import AuditReport, AuditRow, TransferWarning, audit
+from ._coord import (
+    CoordCheckResult,
+    builtin_coord_check,
+    coord_check,
+    plot_coord_checks,
+)
 from ._attention import attention_scale, mu_attention, zero_query_
 from ._depth import MuResidual, depth_mults
 from ._describe import ParamRow, describe
@@ -51,8 +58,26 @@ from ._shapes import (
     save_base_shapes,
 )
 from ._state import get_state, named_infos
+from ._sweep import TransferResult, fail_stale_trials, run_grid, transfer_sweep
+from ._tasks import TASKS, Task, get_task, train
 
 __all__ = [
+    "AuditReport",
+    "AuditRow",
+    "TransferWarning",
+    "audit",
+    "CoordCheckResult",
+    "builtin_coord_check",
+    "coord_check",
+    "plot_coord_checks",
+    "TransferResult",
+    "fail_stale_trials",
+    "run_grid",
+    "transfer_sweep",
+    "TASKS",
+    "Task",
+    "get_task",
+    "train",
     "set_base_shapes",
     "make_base_shapes",
     "get_shapes",
