@@ -24,6 +24,7 @@ Which table each piece implements (TP5 = arXiv 2203.03466):
 """
 
 from . import init
+from ._attention import attention_scale, mu_attention, zero_query_
 from ._audit import AuditReport, AuditRow, TransferWarning, audit
 from ._coord import (
     CoordCheckResult,
@@ -31,7 +32,6 @@ from ._coord import (
     coord_check,
     plot_coord_checks,
 )
-from ._attention import attention_scale, mu_attention, zero_query_
 from ._depth import MuResidual, depth_mults
 from ._describe import ParamRow, describe
 from ._optim import (

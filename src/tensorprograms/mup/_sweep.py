@@ -22,6 +22,7 @@ repeating a finished trial, and many workers split a grid without duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -33,6 +34,11 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+
+try:  # advisory file locks (POSIX); elsewhere schema creation relies on retries
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 import numpy as np
 
@@ -64,13 +70,35 @@ def make_storage(storage=None):
     kwargs = {}
     if storage.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    for attempt in range(10):
+    with _schema_lock(storage):
+        for attempt in range(10):
+            try:
+                return optuna.storages.RDBStorage(storage, **kwargs)
+            except Exception as err:  # two workers creating the same new schema
+                racing = ("already exists", "UNIQUE constraint failed", "duplicate key")
+                if not any(r in str(err) for r in racing) or attempt == 9:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str):
+    """Serialise schema creation of a local SQLite file across processes.
+
+    Optuna creates its tables (and alembic's version row) on first use; two
+    processes doing that at once on a fresh file collide. A lock file beside the
+    database makes them take turns; other databases rely on the retries.
+    """
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+    if not path or path == ":memory:" or fcntl is None:
+        yield
+        return
+    with open(os.path.abspath(path) + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            return optuna.storages.RDBStorage(storage, **kwargs)
-        except Exception as err:  # two workers creating the same new schema
-            if "already exists" not in str(err) or attempt == 9:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _pid_alive(pid: int) -> bool:
