@@ -94,7 +94,7 @@ def _correlation(c, qa, qb, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
     """rho = c / sqrt(qa qb) clamped to [-1, 1], and qa qb; raises if |rho| > 1."""
     prod = qa * qb
     rho = c / prod.sqrt().clamp_min_(1e-300)
-    worst = float(rho.abs().max()) if rho.numel() else 0.0
+    worst = max(float(rho.amax()), -float(rho.amin())) if rho.numel() else 0.0
     if worst > 1 + _PSD_SLACK:
         raise ValueError(
             f"{layer}: the input covariance is not positive semi-definite "

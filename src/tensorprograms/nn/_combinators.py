@@ -59,9 +59,21 @@ class Serial(Layer):
     def _in_full(self, out_full):
         return self._modes(out_full)[0]
 
-    def _step(self, s: _State, out_full: bool) -> _State:
+    def _from_input(self, x1, x2, in_full, out_full):
+        if not self.layers:
+            return super()._from_input(x1, x2, in_full, out_full)
+        modes = self._modes(out_full)
+        try:
+            s = self.layers[0]._from_input(x1, x2, modes[0], modes[1])
+        except ValueError as e:
+            raise ValueError(f"{_name(0, self.layers[0])}: {e}") from None
+        return self._step(s, out_full, start=1)
+
+    def _step(self, s: _State, out_full: bool, start: int = 0) -> _State:
         modes = self._modes(out_full)
         for i, layer in enumerate(self.layers):
+            if i < start:
+                continue
             try:
                 s = layer._step(s, modes[i + 1])
             except ValueError as e:

@@ -25,9 +25,10 @@ from ._kernel import Kernel, _State, input_state
 
 __all__ = ["Layer"]
 
-# Entries of one nngp tile (float64): 2**22 entries are 32 MiB per tensor, so the
-# dozen temporaries of a nonlinearity stay well under a gigabyte.
-_TILE_ENTRIES = 2**22
+# Entries of one nngp tile (float64): 2**20 entries are 8 MiB per tensor, so the
+# dozen temporaries of a nonlinearity stay near 100 MiB, and tensors stay below the
+# size that the C allocator always maps afresh (page faults on every temporary).
+_TILE_ENTRIES = 2**20
 
 
 @dataclasses.dataclass
@@ -80,6 +81,12 @@ class Layer:
         self, in_shape: tuple[int, ...], ctx: _BuildContext
     ) -> tuple[torch.nn.Module, tuple[int, ...]]:
         raise NotImplementedError
+
+    def _from_input(
+        self, x1: torch.Tensor, x2: torch.Tensor | None, in_full: bool, out_full: bool
+    ) -> _State:
+        """`_step` applied to the inputs' kernel; layers may fuse the two."""
+        return self._step(input_state(x1, x2, in_full), out_full)
 
     def _readout(self) -> Layer | None:
         """The last parametric layer (the one that keeps its size when sampled)."""
@@ -156,7 +163,7 @@ class Layer:
             for j in range(i if x2 is None else 0, n2, b):
                 same = x2 is None and i == j
                 xb = None if same else (x1 if x2 is None else x2)[j : j + b]
-                s = self._step(input_state(xa, xb, in_full), out_full)
+                s = self._from_input(xa, xb, in_full, out_full)
                 if out_full and not s.full:
                     raise RuntimeError(
                         "a layer returned a diagonal state; please report"
