@@ -161,7 +161,7 @@ def main(argv=None) -> None:
                 f"{ours['peak_mb']:>9.0f}"
             )
         if nt_python:
-            if cfg["kind"] == "conv_gap" and not args.full:
+            if cfg["kind"] == "conv_gap" and not (args.full or args.quick):
                 line += "   (neural-tangents: run with --full)"
             else:
                 nt = _subprocess([nt_python, "-c", _NT_SCRIPT, json.dumps(cfg)])

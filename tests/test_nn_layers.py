@@ -188,14 +188,21 @@ def test_from_spec_builds_the_same_network():
         ["Relu", {}],
         [
             "Residual",
-            {"block": [["Relu", {}], ["Dense", {"out_dim": 8}]], "multiplier": 0.5},
+            {
+                "block": [
+                    ["Dense", {"out_dim": 8}],
+                    ["Relu", {}],
+                    ["Dense", {"out_dim": 8}],
+                ],
+                "multiplier": 0.5,
+            },
         ],
         ["Dense", {"out_dim": 1}],
     ]
     direct = nn.serial(
         nn.Dense(8, 1.5, 0.1),
         nn.Relu(),
-        nn.Residual(nn.serial(nn.Relu(), nn.Dense(8)), 0.5),
+        nn.Residual(nn.serial(nn.Dense(8), nn.Relu(), nn.Dense(8)), 0.5),
         nn.Dense(1),
     )
     x = torch.from_numpy(np.random.default_rng(6).standard_normal((3, 2)))
@@ -214,6 +221,8 @@ def test_errors_name_the_layer():
         mlp.kernel(torch.full((2, 4), float("nan")))
     with pytest.raises(ValueError, match=r"layer 1 \(Conv\): Conv: expected inputs"):
         nn.serial(nn.Dense(2), nn.Conv(2, (3,))).kernel(x)
+    with pytest.raises(ValueError, match=r"layer 0 \(Relu\): Relu: its input units"):
+        nn.serial(nn.Relu(), nn.Dense(1)).kernel(x)
     with pytest.raises(ValueError, match=r"layer 2 \(LayerNorm\)"):
         nn.serial(nn.Dense(2), nn.Relu(), nn.LayerNorm()).kernel(x)
     with pytest.raises(ValueError, match=r"layer 1 \(Residual\).*not independent"):

@@ -58,6 +58,13 @@ class _Activation(Layer):
         return self._dual(q, q, q)[0]
 
     def _step(self, s: _State, out_full: bool) -> _State:
+        if not s.gaussian:
+            raise ValueError(
+                f"{type(self).__name__}: its input units are not Gaussian in the "
+                "limit (network inputs, or the output of a nonlinearity), so "
+                "E[phi(u) phi(u')] over a Gaussian would be wrong; put a Dense, Conv "
+                "or attention layer before it"
+            )
         nd = len(s.spatial)
         q1, q2 = s.variances()
         if (q1 < 0).any() or (q2 < 0).any():
@@ -77,7 +84,7 @@ class _Activation(Layer):
             return self._dual_self(cov)
 
         cov1, cov2 = s.map_covs(self_map)
-        return s.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, centred=False)
+        return s.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, gaussian=False)
 
     def _build(self, in_shape, ctx):
         return Function(self.fn, type(self).__name__), tuple(in_shape)

@@ -161,7 +161,7 @@ class GlobalSelfAttention(Layer):
             cov1=None if s.symmetric else self_mix(cov1, g1),
             cov2=None if s.symmetric else self_mix(cov2, g2),
             channels=self.n_chan_out,
-            centred=True,
+            gaussian=True,
         )
         return out if out_full else out.to_diagonal()
 

@@ -178,7 +178,7 @@ class Parallel(Layer):
             cov1=cov1,
             cov2=cov2,
             channels=total,
-            centred=all(o.centred for o in outs),
+            gaussian=all(o.gaussian for o in outs),
         )
 
     def _build(self, in_shape, ctx):
@@ -272,7 +272,7 @@ class Residual(Layer):
             b = self.block._step(s, out_full)
         except ValueError as e:
             raise ValueError(f"block: {e}") from None
-        if not (s.centred or b.centred):
+        if not (s.gaussian or b.gaussian):
             raise ValueError(
                 "Residual: neither x nor block(x) has mean zero, so the limit has "
                 "cross terms E[x] E[block(x')]; end the block with Dense/Conv"
@@ -285,7 +285,7 @@ class Residual(Layer):
             ntk=x.ntk + m2 * b.ntk,
             cov1=None if s.symmetric else x.cov1 + m2 * b.cov1,
             cov2=None if s.symmetric else x.cov2 + m2 * b.cov2,
-            centred=s.centred and b.centred,
+            gaussian=s.gaussian and b.gaussian,
         )
 
     def _build(self, in_shape, ctx: _BuildContext):

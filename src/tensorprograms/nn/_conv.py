@@ -200,7 +200,7 @@ class Conv(Layer):
             cov2=cov2,
             spatial=tuple(g[0] for g in geoms),
             channels=self.out_chan,
-            centred=True,
+            gaussian=True,
         )
         return out if out_full else out.to_diagonal()
 
@@ -240,7 +240,7 @@ class Conv(Layer):
             spatial=out_spatial,
             full=out_full,
             channels=x1.shape[-1],
-            centred=False,
+            gaussian=False,
         )
         nngp, ntk = affine_kernel(
             state, self.W_std, self.b_std, self.parametrization, fan_in
@@ -263,7 +263,7 @@ class Conv(Layer):
             cov1=cov1,
             cov2=cov2,
             channels=self.out_chan,
-            centred=True,
+            gaussian=True,
         )
 
     def _build(self, in_shape, ctx: _BuildContext):

@@ -119,7 +119,7 @@ class Dense(Layer):
             cov1=cov1,
             cov2=cov2,
             channels=self.out_dim,
-            centred=True,
+            gaussian=True,
         )
         return s if out_full else s.to_diagonal()
 

@@ -68,8 +68,10 @@ class _State:
         full: full (True) or diagonal (False) spatial mode; False when S is empty.
         channels: declared channel count of the layer (the width a finite network of
             the same declaration has; the standard parametrization's NTK needs it).
-        centred: True when the units have mean zero and are independent of every
-            earlier layer's units in the limit (output of a fresh weight matrix).
+        gaussian: True when the units are jointly Gaussian with mean zero and
+            independent of every earlier layer's units in the limit (outputs of a
+            fresh weight matrix, and linear maps or normalisations of them); False
+            for the inputs themselves and after nonlinearities.
     """
 
     nngp: torch.Tensor
@@ -79,7 +81,7 @@ class _State:
     spatial: tuple[int, ...]
     full: bool
     channels: int
-    centred: bool
+    gaussian: bool
 
     def replace(self, **changes) -> _State:
         return dataclasses.replace(self, **changes)
@@ -218,5 +220,5 @@ def input_state(x1: torch.Tensor, x2: torch.Tensor | None, full: bool) -> _State
         spatial=spatial,
         full=full,
         channels=chans,
-        centred=False,
+        gaussian=False,
     )

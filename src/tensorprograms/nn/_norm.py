@@ -15,7 +15,7 @@ class LayerNorm(Layer):
     """Layer normalisation over the channel axis, without affine parameters.
 
     Finite: ``y = (x - mean_c x) / sqrt(var_c x + eps)`` at every position. In the
-    limit the mean over channels of a centred layer vanishes and the variance is the
+    limit the mean over channels of a Gaussian layer vanishes and the variance is the
     Moment ||x||^2 / n -> q (TP3's Nonlin+), so each kernel is divided by the square
     roots of the two variances (neural-tangents' LayerNorm):
 
@@ -54,7 +54,7 @@ class LayerNorm(Layer):
         return tuple(in_shape)
 
     def _step(self, s: _State, out_full: bool) -> _State:
-        if not s.centred:
+        if not s.gaussian:
             raise ValueError(
                 "LayerNorm: its input has a nonzero mean over channels in the limit "
                 "(it follows a nonlinearity or the network input); put LayerNorm after "
