@@ -243,7 +243,7 @@ def test_errors_name_the_layer():
         spatial=(),
         full=False,
         channels=1,
-        centred=True,
+        gaussian=True,
     )
     with pytest.raises(ValueError, match="not positive semi-definite"):
         nn.Relu()._step(bad, False)
