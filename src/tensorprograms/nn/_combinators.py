@@ -59,6 +59,9 @@ class Serial(Layer):
     def _in_full(self, out_full):
         return self._modes(out_full)[0]
 
+    def _whole_batch(self):
+        return any(layer._whole_batch() for layer in self.layers)
+
     def _from_input(self, x1, x2, in_full, out_full):
         if not self.layers:
             return super()._from_input(x1, x2, in_full, out_full)
@@ -155,6 +158,9 @@ class Parallel(Layer):
 
     def _in_full(self, out_full):
         return any(layer._in_full(out_full) for layer in self.layers)
+
+    def _whole_batch(self):
+        return any(layer._whole_batch() for layer in self.layers)
 
     def _step(self, s: _State, out_full: bool) -> _State:
         outs = []
@@ -261,6 +267,9 @@ class Residual(Layer):
 
     def _in_full(self, out_full):
         return out_full or self.block._in_full(out_full)
+
+    def _whole_batch(self):
+        return self.block._whole_batch()
 
     def _step(self, s: _State, out_full: bool) -> _State:
         if self.block._readout() is None:

@@ -88,6 +88,10 @@ class Layer:
         """`_step` applied to the inputs' kernel; layers may fuse the two."""
         return self._step(input_state(x1, x2, in_full), out_full)
 
+    def _whole_batch(self) -> bool:
+        """True when the kernel couples all inputs of a batch (batch norm)."""
+        return False
+
     def _readout(self) -> Layer | None:
         """The last parametric layer (the one that keeps its size when sampled)."""
         return self if self.parametric else None
@@ -146,6 +150,13 @@ class Layer:
 
         n1 = x1.shape[0]
         n2 = n1 if x2 is None else x2.shape[0]
+        if self._whole_batch():
+            if x2 is not None:
+                raise ValueError(
+                    "the network normalises over the batch (BatchNorm): its kernel is "
+                    "defined on one batch, call kernel(x) with x2=None"
+                )
+            block_size = n1
         if block_size is None:
             per_pair = math.prod(in_shape[:-1]) ** (2 if in_full else 1)
             block_size = max(1, math.isqrt(max(1, _TILE_ENTRIES // per_pair)))
