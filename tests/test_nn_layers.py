@@ -261,3 +261,77 @@ def test_sampled_widths_and_seeds():
     assert torch.equal(lazy(x), f(x))
     with pytest.raises(ValueError, match="width must be a positive integer"):
         net.sample(0)
+
+
+@pytest.mark.parametrize("mechanism", ["SOFTMAX", "IDENTITY"])
+def test_sqrt_attention_matches_finite_networks_within_monte_carlo_error(mechanism):
+    x = torch.from_numpy(np.random.default_rng(3).standard_normal((3, 4, 2)))
+    att = nn.GlobalSelfAttention(
+        1,
+        1,
+        1,
+        2,
+        linear_scaling=False,
+        W_key_std=1.5,
+        W_query_std=1.2,
+        W_value_std=0.9,
+        b_std=0.2,
+        attention_mechanism=mechanism,
+        mc_samples=40000,
+    )
+    net = nn.serial(
+        nn.Dense(1, W_std=1.2, b_std=0.1), att, nn.GlobalAvgPool(), nn.Dense(1)
+    )
+    lim = net.kernel(x)
+    # With 1/sqrt(n) logits a single network's kernels stay random (finitely many
+    # heads); their average over seeds estimates the limit. Seeds: 30 at width 128.
+    ntks = torch.stack(
+        [
+            empirical_ntk(net.sample(128, seed=s, input_shape=(4, 2)), x)
+            for s in range(30)
+        ]
+    )
+    se = ntks.std(0) / 30**0.5
+    # 4 standard errors of the seed average, plus 5% of the largest entry for the
+    # limit's own Monte Carlo error (relative standard error below 2% at 40000 draws)
+    # and the O(1/width) bias.
+    slack = 4 * se + 0.05 * lim.ntk.abs().max()
+    assert bool(((ntks.mean(0) - lim.ntk).abs() < slack).all())
+    with pytest.raises(ValueError, match="x2=None"):
+        net.kernel(x, x)
+
+
+def test_sqrt_attention_identity_mechanism_closed_form():
+    # With G = s (IDENTITY) the Gaussian expectations are closed: E[s s'] = QK^2 K K,
+    # so nngp' = OV^2 QK^2 K S2 + b^2 and ntk' = OV^2 QK^2 (2 S_KT K + S2 (T + 4 K))
+    # + b^2, with S2 = sum K[j, j']^2 and S_KT = sum K[j, j'] T[j, j'] over the
+    # positions (neural-tangents' formula for this case, derived independently).
+    x = torch.from_numpy(np.random.default_rng(7).standard_normal((3, 3, 2)))
+    dense = nn.Dense(1, W_std=1.1, b_std=0.2)
+    att = nn.GlobalSelfAttention(
+        1,
+        1,
+        1,
+        1,
+        linear_scaling=False,
+        W_key_std=0.7,
+        W_query_std=0.9,
+        W_value_std=1.3,
+        b_std=0.1,
+        attention_mechanism="IDENTITY",
+        mc_samples=60000,
+    )
+    base = dense.kernel(x)
+    k, t = base.nngp, base.ntk  # (3, 3, P, P)
+    s2 = (k * k).sum(dim=(2, 3))[:, :, None, None]
+    skt = (k * t).sum(dim=(2, 3))[:, :, None, None]
+    c = (1.3 * 0.7 * 0.9) ** 2
+    got = nn.serial(dense, att).kernel(x)
+    # Monte Carlo with 60000 draws: deviations ~0.4% of the largest entry measured;
+    # allow 2% (dropping or halving a term of the formula moves entries by ~30%).
+    scale = got.ntk.abs().max()
+    assert float((got.nngp - (c * k * s2 + 0.01)).abs().max()) < 0.02 * scale
+    assert (
+        float((got.ntk - (c * (2 * skt * k + s2 * (t + 4 * k)) + 0.01)).abs().max())
+        < 0.02 * scale
+    )
