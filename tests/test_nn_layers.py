@@ -227,9 +227,13 @@ def test_errors_name_the_layer():
         nn.serial(nn.Dense(2), nn.Relu(), nn.LayerNorm()).kernel(x)
     with pytest.raises(ValueError, match=r"layer 1 \(Residual\).*not independent"):
         nn.serial(nn.Dense(2), nn.Residual(nn.Relu())).kernel(x)
-    sqrt_att = nn.GlobalSelfAttention(2, 2, 2, 1, linear_scaling=False)
-    with pytest.raises(ValueError, match=r"layer 0 \(GlobalSelfAttention\).*1/sqrt"):
-        nn.serial(sqrt_att, nn.GlobalAvgPool()).kernel(torch.ones(2, 3, 2))
+    sqrt_att = nn.GlobalSelfAttention(2, 2, 2, 1, linear_scaling=False, mc_samples=8)
+    with pytest.raises(
+        ValueError, match=r"layer 1 \(GlobalSelfAttention\).*mc_samples"
+    ):
+        nn.serial(nn.Dense(2), sqrt_att, nn.GlobalAvgPool()).kernel(
+            torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(0))
+        )
     with pytest.raises(ValueError, match="parametrization must be"):
         nn.Dense(2, parametrization="mup")
 
