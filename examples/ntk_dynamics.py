@@ -1,8 +1,10 @@
 """Finite relu networks trained by gradient descent vs the infinite-width prediction.
 
-Relu MLPs in the NTK parametrization (THEORY.md section 3) are trained with full-batch
-gradient descent on L = (1/2) sum (f(x_i) - y_i)^2 for a 1-D regression on the unit
-circle. `tensorprograms.predict` gives, from the analytic NNGP and NTK,
+Relu MLPs in the NTK parametrization (``tensorprograms.nn``; THEORY.md section 3),
+sampled at growing widths, are trained with full-batch gradient descent on
+L = (1/2) sum (f(x_i) - y_i)^2 for a 1-D regression on the unit circle.
+`tensorprograms.predict` gives, from the infinite-width NNGP and NTK of the same
+description,
 
 - for each network, the infinite-width trajectory started from that network's own
   initial outputs (``gradient_descent_mse``): the finite network should follow it
@@ -23,52 +25,10 @@ from types import SimpleNamespace
 
 import torch
 
+from tensorprograms import nn
 from tensorprograms.predict import gradient_descent_mse, gradient_descent_mse_ensemble
 
 F64 = torch.float64
-
-
-def relu_kernels(x1, x2, w_std, b_std, depth):
-    """NNGP and NTK of the relu MLP below (arc-cosine recursion, THEORY.md 3)."""
-    d = x1.shape[1]
-    s12 = w_std**2 * x1 @ x2.T / d + b_std**2
-    s11 = w_std**2 * (x1 * x1).sum(1) / d + b_std**2
-    s22 = w_std**2 * (x2 * x2).sum(1) / d + b_std**2
-    t12 = s12
-    for _ in range(depth):
-        norm = torch.sqrt(s11[:, None] * s22[None])
-        angle = torch.arccos((s12 / norm).clamp(-1, 1))
-        e_relu = norm * (torch.sin(angle) + (math.pi - angle) * torch.cos(angle))
-        e_step = (math.pi - angle) / (2 * math.pi)
-        s12 = w_std**2 * e_relu / (2 * math.pi) + b_std**2
-        t12 = s12 + w_std**2 * e_step * t12
-        s11, s22 = w_std**2 * s11 / 2 + b_std**2, w_std**2 * s22 / 2 + b_std**2
-    return SimpleNamespace(nngp=s12, ntk=t12)
-
-
-class ReluMLP(torch.nn.Module):
-    """h^{l+1} = (w_std / sqrt(fan_in)) w^{l+1} relu(h^l) + b_std b^{l+1}, w, b ~ N(0,1)
-
-    (no relu on the input x), NTK parametrization, scalar output."""
-
-    def __init__(self, d, width, depth, w_std, b_std, seed):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        sizes = [d] + [width] * depth + [1]
-        self.weights = torch.nn.ParameterList(
-            torch.randn(o, i, dtype=F64, generator=g) for i, o in zip(sizes, sizes[1:])
-        )
-        self.biases = torch.nn.ParameterList(
-            torch.randn(o, dtype=F64, generator=g) for o in sizes[1:]
-        )
-        self.w_std, self.b_std = w_std, b_std
-
-    def forward(self, x):
-        h = x
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            a = h if i == 0 else torch.relu(h)
-            h = self.w_std / a.shape[1] ** 0.5 * a @ w.T + self.b_std * b
-        return h
 
 
 def circle(angles):
@@ -91,11 +51,11 @@ def main(argv=None):
     x, xt = circle(train_angles), circle(test_angles)
     y = (torch.sin(2 * train_angles) + 0.5 * torch.cos(train_angles))[:, None]
 
-    def kernel_fn(a, b):
-        return relu_kernels(
-            a, a if b is None else b, args.w_std, args.b_std, args.depth
-        )
+    def dense(n):
+        return nn.Dense(n, W_std=args.w_std, b_std=args.b_std)  # NTK parametrization
 
+    model = nn.serial(*[dense(512), nn.Relu()] * args.depth, dense(1))
+    kernel_fn = model.kernel  # (x1, x2=None) -> Kernel(nngp, ntk), infinite width
     k, kx = kernel_fn(x, None), kernel_fn(xt, x)
     eta = 1.0 / float(torch.linalg.eigvalsh(k.ntk).max())
     times = list(range(0, args.steps + 1, max(1, args.steps // 25)))
@@ -110,7 +70,7 @@ def main(argv=None):
     for width in args.widths:
         start, sq, count = time.time(), 0.0, 0
         for seed in range(args.seeds):
-            net = ReluMLP(2, width, args.depth, args.w_std, args.b_std, seed)
+            net = model.sample(width, seed, input_shape=(2,))
             with torch.no_grad():
                 f0, ft0 = net(x), net(xt)
             want = own(times, f0, ft0, kx.ntk)[1]  # (T, M, 1)

@@ -12,7 +12,12 @@ def relu_kernels(x1, x2, w_std, b_std, depth):
     """NNGP and NTK of a relu MLP with `depth` hidden layers, NTK parametrization.
 
     S^1 = W^2 x.x'/d + b^2, S^{l+1} = W^2 E[relu relu] + b^2, Sdot^{l+1} = W^2
-    E[step step], T^1 = S^1, T^{l+1} = S^{l+1} + Sdot^{l+1} T^l (THEORY.md 3)."""
+    E[step step], T^1 = S^1, T^{l+1} = S^{l+1} + Sdot^{l+1} T^l (THEORY.md 3).
+
+    x2=None: K(x1, x1), whose diagonal pairs a point with itself, angle 0 exactly.
+    (arccos at rho = 1 would turn rounding in rho into an angle of ~ sqrt(eps).)"""
+    same = x2 is None
+    x2 = x1 if same else x2
     d = x1.shape[1]
     s12 = w_std**2 * x1 @ x2.T / d + b_std**2
     s11 = w_std**2 * (x1 * x1).sum(1) / d + b_std**2
@@ -21,6 +26,8 @@ def relu_kernels(x1, x2, w_std, b_std, depth):
     for _ in range(depth):
         norm = torch.sqrt(s11[:, None] * s22[None])
         theta = torch.arccos((s12 / norm).clamp(-1, 1))
+        if same:
+            theta = theta.fill_diagonal_(0.0)
         relu = norm * (torch.sin(theta) + (math.pi - theta) * torch.cos(theta))
         step = (math.pi - theta) / (2 * math.pi)
         s12 = w_std**2 * relu / (2 * math.pi) + b_std**2

@@ -93,7 +93,8 @@ def test_mlp_matches_naive_autograd(implementation, trace_outputs):
     x2 = torch.randn(4, 3, dtype=torch.float64, generator=gen)
     for a, b in ((x1, None), (x1, x2)):
         want = naive_ntk(net, a, a if b is None else b, trace_outputs)
-        for chunk in (None, 1, 2):
+        # max_memory=1: no Jacobian tile is kept, every one is recomputed
+        for chunk, memory in ((None, None), (1, None), (2, None), (2, 1)):
             got = empirical_ntk(
                 net,
                 a,
@@ -101,6 +102,7 @@ def test_mlp_matches_naive_autograd(implementation, trace_outputs):
                 chunk_size=chunk,
                 trace_outputs=trace_outputs,
                 implementation=implementation,
+                max_memory=memory,
             )
             assert got.dtype == torch.float64 and got.shape == want.shape
             assert torch.allclose(got, want, rtol=0, atol=TOL64 * want.abs().max())
@@ -248,7 +250,7 @@ def test_empirical_ntk_of_wide_relu_mlps_approaches_the_limit(depth, widths):
     x = torch.randn(
         6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)
     )
-    nngp, ntk = relu_kernels(x, x, w_std, b_std, depth)
+    nngp, ntk = relu_kernels(x, None, w_std, b_std, depth)
     err = {}
     for width in widths:
         errs = []
@@ -261,3 +263,12 @@ def test_empirical_ntk_of_wide_relu_mlps_approaches_the_limit(depth, widths):
     small, large = widths
     assert 2.0 < err[small] / err[large] < 8.0, err
     assert err[large] < 0.1, err
+
+
+def test_random_forward_is_refused():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(0.5)).double()
+    x = torch.randn(3, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"dropout in training mode\?"):
+        empirical_ntk(net, x)
+    net.eval()  # dropout off: the NTK of the linear layer, x x^T + 1 per unit
+    assert torch.allclose(empirical_ntk(net, x), x @ x.T + 1, atol=1e-12)

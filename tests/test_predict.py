@@ -359,7 +359,7 @@ def test_finite_relu_networks_approach_the_prediction():
         torch.randn(8, 4, dtype=F64, generator=g),
     )
     y = torch.sin(x.sum(1, keepdim=True))
-    _, k = relu_kernels(x, x, w_std, b_std, 1)
+    _, k = relu_kernels(x, None, w_std, b_std, 1)
     _, kx = relu_kernels(xt, x, w_std, b_std, 1)
     eta = 1.0 / float(torch.linalg.eigvalsh(k).max())
     steps = [10, 40]

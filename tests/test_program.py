@@ -123,3 +123,18 @@ def test_duplicate_names():
     p.vector("x")
     with pytest.raises(ProgramError, match="already used"):
         p.matrix("x")
+
+
+def test_freeze_and_handles_added_after_evaluation():
+    p = tp.Program()
+    x = p.vector("x")
+    res, out = tp.limit(p), tp.run(p, width=8)
+    y = x * 2.0
+    with pytest.raises(KeyError, match="added after the program was evaluated"):
+        res[y]
+    with pytest.raises(KeyError, match="added after the program was run"):
+        out[y]
+    p.freeze()
+    assert p.frozen
+    with pytest.raises(ProgramError, match="frozen"):
+        p.moment(y)

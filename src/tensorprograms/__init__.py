@@ -5,7 +5,8 @@ Write a computation once as a :class:`Program`; read it two ways:
 infinite-width limit by the Master Theorem.
 """
 
-from . import gaussian, nonlinearities
+from . import empirical, gaussian, mup, nonlinearities, parametrization, predict
+from .empirical import empirical_nngp, empirical_ntk
 from .finite import FiniteResult, run
 from .gaussian import Estimate
 from .limit import LimitResult, ZVector, limit
@@ -13,6 +14,7 @@ from .nonlinearities import (
     Nonlinearity,
     abrelu,
     cos,
+    delta,
     erf,
     exp,
     gelu,
@@ -24,6 +26,7 @@ from .nonlinearities import (
     sigmoid,
     sign,
     sin,
+    square,
     step,
     tanh,
 )
@@ -47,10 +50,17 @@ __all__ = [
     "Nonlinearity",
     "nonlinearity",
     "gaussian",
+    "empirical",
+    "empirical_ntk",
+    "empirical_nngp",
+    "predict",
+    "mup",
+    "parametrization",
     "nonlinearities",
     "abs",
     "abrelu",
     "cos",
+    "delta",
     "erf",
     "exp",
     "gelu",
@@ -61,6 +71,7 @@ __all__ = [
     "sigmoid",
     "sign",
     "sin",
+    "square",
     "step",
     "tanh",
 ]

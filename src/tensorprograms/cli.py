@@ -17,7 +17,8 @@ __all__ = ["main", "build_parser"]
 def _tour(args) -> int:
     from . import tour
 
-    tour.main(out=args.out, widths=args.widths, seeds=args.seeds)
+    quick = {"widths": (64, 256), "seeds": 2, "points": 9} if args.quick else None
+    tour.main(out=args.out, widths=args.widths, seeds=args.seeds, kernel_options=quick)
     return 0
 
 
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--widths", type=int, nargs="+", default=None, help="widths to run"
     )
     tour.add_argument("--seeds", type=int, default=8, help="seeds per width")
+    tour.add_argument(
+        "--quick", action="store_true", help="small kernel part (for smoke tests)"
+    )
     tour.set_defaults(handler=_tour)
     return parser
 

@@ -33,6 +33,16 @@ _IMPLEMENTATIONS = ("auto", "jacobian", "ntvp")
 # input checks
 
 
+def _materialise(module: torch.nn.Module, x) -> None:
+    """Build lazily created parameters (torch's Lazy* layers, networks sampled
+    without an input shape) by one forward pass on the first inputs."""
+    params = list(module.parameters())
+    lazy = any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in params)
+    if (lazy or not params) and isinstance(x, torch.Tensor) and x.ndim >= 1:
+        with torch.no_grad():
+            module(x[:2])
+
+
 def _module_state(module: torch.nn.Module):
     """Split a module into differentiated parameters and fixed tensors."""
     if not isinstance(module, torch.nn.Module):
@@ -181,18 +191,22 @@ class _Functional:
 
 
 def _contract(jac1, jac2, trace_outputs: bool) -> torch.Tensor:
-    """sum_p J1 J2^T over parameter blocks, in float64."""
+    """sum_p J1 J2^T over parameter blocks (N, O, *shape): matrix products, float64."""
     total = None
-    for name, j1 in jac1.items():
-        a = j1.reshape(j1.shape[0], j1.shape[1], -1).double()
-        j2 = jac2[name]
-        b = j2.reshape(j2.shape[0], j2.shape[1], -1).double()
-        if trace_outputs:
-            term = torch.einsum("iop,jop->ij", a, b)
+    for name, a in jac1.items():
+        b = jac2[name]
+        n1, n_out, n2 = a.shape[0], a.shape[1], b.shape[0]
+        if trace_outputs:  # sum over outputs and parameter entries at once
+            term = a.reshape(n1, -1).double() @ b.reshape(n2, -1).double().T
         else:
-            term = torch.einsum("iop,jqp->ijoq", a, b)
+            term = (
+                a.reshape(n1 * n_out, -1).double()
+                @ b.reshape(n2 * n_out, -1).double().T
+            )
         total = term if total is None else total + term
-    return total
+    if trace_outputs:
+        return total
+    return total.reshape(n1, n_out, n2, n_out).permute(0, 2, 1, 3)
 
 
 def empirical_ntk(
@@ -224,6 +238,10 @@ def empirical_ntk(
     Inputs are tiled so memory stays below ``max_memory`` bytes (default: half the
     free GPU memory, or a quarter of the free RAM up to 2 GiB). With ``x2=None`` only
     the upper triangle of tiles is computed. Contractions are done in float64.
+
+    Modules whose parameters are created at the first call (torch's ``Lazy*``
+    layers, ``tensorprograms.nn`` networks sampled without ``input_shape``) are
+    built by one forward pass on ``x1[:2]``.
 
     Batch norm in training mode couples the examples of a batch; it is detected, and
     then x1 and x2 are each evaluated as one whole batch (``chunk_size`` is ignored
@@ -264,6 +282,8 @@ def empirical_ntk(
         )
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if isinstance(module, torch.nn.Module):
+        _materialise(module, x1)
     fn = _Functional(module)
     x1 = _check_inputs("x1", x1, fn.like)
     symmetric = x2 is None
@@ -271,11 +291,12 @@ def empirical_ntk(
     _check_pair(x1, x2)
     budget = _default_memory(fn.like.device) if max_memory is None else max_memory
 
-    with torch.no_grad():
-        probe = fn.batch(fn.params, fn._fixed_copy(), x1[:1] if not fn.coupled else x1)
-    n_out = probe.shape[1]
-    itemsize = fn.like.element_size() + 8  # the tile and its float64 copy
-    per_example = n_out * fn.n_params * itemsize
+    n_out, acts = _sizes(fn, x1)
+    item = fn.like.element_size()
+    # One example's Jacobian (O x P), its float64 copy for the contraction (none for
+    # float64 parameters), and the O activation cotangents of reverse mode.
+    copy = 0 if fn.like.dtype == torch.float64 else 8
+    per_example = n_out * (fn.n_params * (item + copy) + acts * item)
     if implementation == "auto":
         implementation = (
             "jacobian" if fn.coupled or 4 * per_example <= budget else "ntvp"
@@ -286,16 +307,55 @@ def empirical_ntk(
             "has batch norm in training mode: use implementation='jacobian'"
         )
 
-    if implementation == "jacobian":
-        if fn.coupled:
-            return _ntk_coupled(fn, x1, x2, symmetric, trace_outputs)
-        chunk = chunk_size or max(1, budget // (2 * per_example))
-        cache_x2 = x2.shape[0] * per_example <= budget // 2
-        return _ntk_jacobian(
-            fn, x1, x2, symmetric, trace_outputs, chunk, n_out, cache_x2
+    try:
+        if implementation == "jacobian":
+            if fn.coupled:
+                return _ntk_coupled(fn, x1, x2, symmetric, trace_outputs)
+            chunk = chunk_size or max(1, budget // (2 * per_example))
+            cache_x2 = (x2.shape[0] + chunk) * per_example <= budget
+            return _ntk_jacobian(
+                fn, x1, x2, symmetric, trace_outputs, chunk, n_out, cache_x2
+            )
+        # Tangents J(x2)^T e: R x P; forward-mode products over a tile of c inputs:
+        # R x c x (activations + outputs), primal and tangent.
+        rows = chunk_size or max(
+            1, min(n_out * x2.shape[0], budget // (4 * fn.n_params * item))
         )
-    rows = chunk_size or max(1, budget // (2 * fn.n_params * itemsize))
-    return _ntk_ntvp(fn, x1, x2, symmetric, trace_outputs, rows, n_out)
+        tile = max(1, budget // (4 * rows * (acts + n_out) * 2 * item))
+        return _ntk_ntvp(fn, x1, x2, trace_outputs, rows, tile, n_out)
+    except RuntimeError as err:
+        if "random" in str(err):
+            raise ValueError(
+                f"{type(module).__name__} draws random numbers in its forward pass "
+                "(dropout in training mode?), so its NTK is not defined: call "
+                "module.eval() first"
+            ) from err
+        raise
+
+
+def _sizes(fn: _Functional, x: torch.Tensor) -> tuple[int, int]:
+    """Outputs per example, and activation entries per example (leaf-module outputs).
+
+    Modules that compute inside one forward without submodules are counted by their
+    output only: the memory plan then underestimates, and max_memory should be
+    lowered.
+    """
+    counts = []
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            counts.append(output.numel())
+
+    leaves = [m for m in fn.module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            sample = x if fn.coupled else x[:1]
+            out = fn.batch(fn.params, fn._fixed_copy(), sample)
+    finally:
+        for h in handles:
+            h.remove()
+    return out.shape[1], max(1, sum(counts) // sample.shape[0])
 
 
 def _finish(theta: torch.Tensor, trace_outputs: bool, n_out: int) -> torch.Tensor:
@@ -324,49 +384,58 @@ def _ntk_jacobian(fn, x1, x2, symmetric, trace_outputs, chunk, n_out, cache_x2):
         _check_outputs(name, out, s.start)
         return j
 
-    # Keep the Jacobians of x2 when all of them fit in the budget.
-    cache = {} if cache_x2 and not symmetric else None
+    # Keep the Jacobians of x2 (x1 when symmetric) when all of them fit.
+    cache = {} if cache_x2 else None
+
+    def jac2(j):
+        if cache is not None and j in cache:
+            return cache[j]
+        out = jac("x1" if symmetric else "x2", x2, tiles2[j])
+        if cache is not None:
+            cache[j] = out
+        return out
+
     for i, s1 in enumerate(tiles1):
-        j1 = jac("x1", x1, s1)
+        j1 = jac2(i) if symmetric else jac("x1", x1, s1)
         for j, s2 in enumerate(tiles2):
             if symmetric and j < i:
                 continue
-            if symmetric and j == i:
-                j2 = j1
-            elif cache is not None and j in cache:
-                j2 = cache[j]
-            else:
-                j2 = jac("x2", x2, s2)
-                if cache is not None:
-                    cache[j] = j2
-            block = _contract(j1, j2, trace_outputs)
+            block = _contract(
+                j1, j1 if symmetric and j == i else jac2(j), trace_outputs
+            )
             theta[s1, s2] = block
             if symmetric and j != i:
                 # Theta_{oo'}(x, x') = Theta_{o'o}(x', x)
                 theta[s2, s1] = block.T if trace_outputs else block.permute(1, 0, 3, 2)
+        if symmetric and cache is not None:
+            cache.pop(i, None)  # no later tile needs it
     return _finish(theta, trace_outputs, n_out)
 
 
-def _ntk_ntvp(fn, x1, x2, symmetric, trace_outputs, rows_per_batch, n_out):
+def _ntk_ntvp(fn, x1, x2, trace_outputs, rows_per_batch, tile, n_out):
     n1, n2 = x1.shape[0], x2.shape[0]
     with torch.no_grad():
         for name, x in (("x1", x1), ("x2", x2)):
-            for s in _tiles(x.shape[0], max(1, rows_per_batch)):
-                _check_outputs(
-                    name, fn.batch(fn.params, fn._fixed_copy(), x[s]), s.start
-                )
-    theta = torch.empty(
-        (n1, n_out, n2, n_out), dtype=torch.float64, device=fn.like.device
-    )
-    all_rows = torch.arange(n2 * n_out, device=fn.like.device)
+            for s in _tiles(x.shape[0], tile):
+                out = fn.batch(fn.params, fn._fixed_copy(), x[s])
+                _check_outputs(name, out, s.start)
+    dev = fn.like.device
+    shape = (n1, n2) if trace_outputs else (n1, n_out, n2, n_out)
+    theta = torch.zeros(shape, dtype=torch.float64, device=dev)
+    all_rows = torch.arange(n2 * n_out, device=dev)
     for s in _tiles(n2 * n_out, rows_per_batch):
         rows = all_rows[s]
+        example, unit = rows // n_out, rows % n_out
         tangents = fn.transposed_rows(x2, rows, n_out)  # J(x2)^T e_r, (R, *shape)
-        for t in _tiles(n1, rows_per_batch):
+        for t in _tiles(n1, tile):
             prod = fn.forward_products(x1[t], tangents).double()  # (R, n, O)
-            theta[t, :, rows // n_out, rows % n_out] = prod.permute(1, 2, 0)
+            if trace_outputs:  # keep output unit o of J(x1) J(x2)^T e_(j, o)
+                diag = prod[torch.arange(len(rows), device=dev), :, unit]  # (R, n)
+                theta[t].index_add_(1, example, diag.T)
+            else:
+                theta[t, :, example, unit] = prod.permute(1, 2, 0)
     if trace_outputs:
-        return torch.einsum("iojo->ij", theta) / n_out
+        return theta / n_out
     return theta.permute(0, 2, 1, 3)
 
 
@@ -443,6 +512,8 @@ def empirical_nngp(
     n_out = None
     for count, seed in enumerate(seeds, start=1):
         module = module_factory(seed)
+        if isinstance(module, torch.nn.Module):
+            _materialise(module, x1)
         _, fixed_like = _module_state_any(module)
         a = _check_inputs("x1", x1, fixed_like)
         b = a if symmetric else _check_inputs("x2", x2, fixed_like)

@@ -33,8 +33,8 @@ from .program import (
     Program,
     ScalarFn,
     Scale,
-    _Handle,
 )
+from .program._handles import _Handle
 
 __all__ = ["run", "FiniteResult", "width_of"]
 
@@ -62,6 +62,8 @@ class FiniteResult:
             key = self.program[key]
         if not isinstance(key, _Handle) or key.program is not self.program:
             raise KeyError(f"{key!r} is not a value of this program")
+        if key.index >= len(self._values):
+            raise KeyError(f"{key.name!r} was added after the program was run")
         if key.instruction.kind == "matrix":
             raise KeyError(
                 f"{key.name!r} is a matrix; results hold vectors and scalars"

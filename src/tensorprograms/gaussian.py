@@ -692,10 +692,96 @@ def bivariate(phi: Any, psi: Any, q1: Any, q2: Any, c: Any, **options) -> Estima
     q1f, q2f, cf = q1.reshape(-1), q2.reshape(-1), c.reshape(-1)
     bound = (q1f.clamp(min=0) * q2f.clamp(min=0)).sqrt()
     cf = torch.minimum(torch.maximum(cf, -bound), bound)
-    cov = torch.stack([torch.stack([q1f, cf], -1), torch.stack([cf, q2f], -1)], -2)
+    value = torch.zeros_like(q1f)
+    error = torch.zeros_like(q1f)
+    todo = torch.ones_like(q1f, dtype=torch.bool)
+    if phi.smooth and psi.smooth and q1f.numel():
+        atol = options.get("atol", 1e-10)
+        v, e, ok = _mehler(phi, psi, q1f, q2f, cf, atol)
+        value[ok], error[ok], todo = v[ok], e[ok], ~ok
+    method = "quadrature"
+    if bool(todo.any()):
+        qa, qb, cc = q1f[todo], q2f[todo], cf[todo]
+        cov = torch.stack([torch.stack([qa, cc], -1), torch.stack([cc, qb], -1)], -2)
 
-    def f(points: Tensor) -> Tensor:
-        return phi(points[..., 0]) * psi(points[..., 1])
+        def f(points: Tensor) -> Tensor:
+            return phi(points[..., 0]) * psi(points[..., 1])
 
-    est = expect(f, cov, **options)
-    return Estimate(est.value.reshape(shape), est.error.reshape(shape), est.method)
+        est = expect(f, cov, **options)
+        value[todo], error[todo], method = est.value, est.error, est.method
+    return Estimate(value.reshape(shape), error.reshape(shape), method)
+
+
+_MEHLER_TERMS = 320  # most Hermite terms of the Mehler series
+_MEHLER_NODES = (400, 500)  # two 1-D Gauss-Hermite orders: their gap is the error
+
+
+def _hermite_table(x: Tensor, K: int) -> Tensor:
+    """Normalised probabilists' Hermite polynomials He_k(x) / sqrt(k!), (K+1, M)."""
+    h = [torch.ones_like(x), x.clone()]
+    for k in range(1, K):
+        h.append((x * h[k] - math.sqrt(k) * h[k - 1]) / math.sqrt(k + 1))
+    return torch.stack(h[: K + 1])
+
+
+def _mehler(phi, psi, q1: Tensor, q2: Tensor, c: Tensor, atol: float):
+    """E[phi(u) psi(u')] by Mehler's formula for smooth phi, psi (TP1 appendix).
+
+    With u = sqrt(q1) z, u' = sqrt(q2) z', corr(z, z') = rho,
+    E[phi psi] = sum_k a_k b_k rho^k, a_k = E[phi(sqrt(q1) z) He_k(z)] / sqrt(k!).
+    The coefficients depend on q alone, so they are computed once per distinct
+    variance by 1-D quadrature (two orders; their gap bounds the coefficients'
+    error). The tail after K terms is bounded by Cauchy-Schwarz and Parseval:
+    |sum_{k>K}| <= sqrt(A_K B_K) |rho|^(K+1), A_K = E[phi^2] - sum_{k<=K} a_k^2.
+    Pairs with |rho| = 1 are 1-D integrals. Returns value, error bound and the
+    mask of pairs whose bound is within ``atol``; the rest need 2-D quadrature.
+    """
+    K = _MEHLER_TERMS
+    uq1, i1 = torch.unique(q1.clamp(min=0), return_inverse=True)
+    uq2, i2 = torch.unique(q2.clamp(min=0), return_inverse=True)
+    coefs = []
+    for f, uq in ((phi, uq1), (psi, uq2)):
+        runs = []
+        for m in _MEHLER_NODES:
+            x, w = gauss_hermite(m)
+            vals = f(uq.sqrt()[:, None] * x[None, :])  # (U, M)
+            a = (vals * w) @ _hermite_table(x, K).T  # (U, K+1)
+            tails = ((vals**2 * w).sum(-1, keepdim=True) - (a**2).cumsum(-1)).clamp(0)
+            runs.append((a, tails))
+        (a0, _), (a, tails) = runs
+        coefs.append((a, tails, (a - a0).abs().sum(-1)))
+    (a, ta, ea), (b, tb, eb) = coefs
+    denom = (q1 * q2).sqrt()
+    rho = torch.where(denom > 0, c / torch.where(denom > 0, denom, 1.0), 0.0)
+    rho = rho.clamp(-1.0, 1.0)
+
+    # The fewest terms that serve every pair the full series can serve: with the
+    # worst tails over the batch, |rho| <= reach[k] needs at most k terms.
+    worst = (ta.max(0).values * tb.max(0).values).sqrt()  # (K+1,)
+    ks = torch.arange(K + 1, dtype=torch.float64)
+    reach = torch.where(worst > 0, (0.5 * atol / worst).pow(1 / (ks + 1)), 1.0)
+    inner = rho.abs()[rho.abs() <= reach.max()]
+    top = float(inner.max()) if inner.numel() else 0.0
+    k_eff = int((reach >= top).nonzero()[0]) if bool((reach >= top).any()) else K
+
+    A, B = a[i1], b[i2]
+    value = torch.zeros_like(rho)
+    for k in range(k_eff, -1, -1):  # Horner in rho
+        value = value * rho + A[:, k] * B[:, k]
+    scale_a = (a**2).sum(-1).sqrt()[i1]
+    scale_b = (b**2).sum(-1).sqrt()[i2]
+    error = (ta[i1, k_eff] * tb[i2, k_eff]).sqrt() * rho.abs() ** (k_eff + 1)
+    error = error + ea[i1] * scale_b + eb[i2] * scale_a
+    ok = error <= atol
+
+    edge = (rho.abs() > 1 - 1e-12) & (denom > 0)  # u' = sign * sqrt(q2 / q1) u
+    if bool(edge.any()):
+        s1, s2 = q1[edge].sqrt()[:, None], (q2[edge].sqrt() * rho[edge].sign())[:, None]
+        runs = []
+        for m in _MEHLER_NODES:
+            x, w = gauss_hermite(m)
+            runs.append((phi(s1 * x) * psi(s2 * x) * w).sum(-1))
+        value[edge] = runs[1]
+        error[edge] = (runs[1] - runs[0]).abs()
+        ok[edge] = error[edge] <= atol
+    return value, error, ok

@@ -167,7 +167,13 @@ def convergence(
     )
 
 
-def main(out: str | None = "figures", widths=None, seeds: int = 8, echo=print) -> dict:
+def main(
+    out: str | None = "figures",
+    widths=None,
+    seeds: int = 8,
+    echo=print,
+    kernel_options: dict | None = None,
+) -> dict:
     """Run the tour: print each example's limit beside finite widths; plot.
 
     Returns the :class:`Convergence` of every example by name.
@@ -190,7 +196,27 @@ def main(out: str | None = "figures", widths=None, seeds: int = 8, echo=print) -
 
         path = convergence_plot(results, out)
         echo(f"\nconvergence plot written to {path}")
+    _kernels(out, echo, kernel_options or {})
     return results
+
+
+def _kernels(out, echo, options):
+    """NNGP/NTK of a relu MLP and the empirical NTK of sampled networks."""
+    from . import tour_kernels
+
+    echo(
+        "\nNNGP and NTK of a 3-hidden-layer relu MLP (tensorprograms.nn) on the circle"
+    )
+    if out:
+        path, res = tour_kernels.kernel_figure(out, **options)
+    else:
+        path, res = None, tour_kernels.kernel_convergence(**options)
+    ntk, nngp = float(res["ntk"][0]), float(res["nngp"][0])
+    echo(f"  NTK(x, x) = {ntk:.5f}, NNGP(x, x) = {nngp:.5f}")
+    for n, e in zip(res["widths"], res["errors"]):
+        echo(f"  n={int(n):<6d} mean |empirical NTK - NTK| = {float(e):.3e}")
+    if path:
+        echo(f"kernel figure written to {path}")
 
 
 def _fmt(v: torch.Tensor) -> str:

@@ -236,6 +236,7 @@ def plot_coord_checks(
     if path is not None:
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     rows = [(k, q) for k in results for q in quantities]
     ncols = max(r.steps + 1 for r in results.values())
@@ -270,6 +271,11 @@ def plot_coord_checks(
                 )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            ax.set_xticks(res.widths, [str(w) for w in res.widths], fontsize=7)
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.yaxis.set_major_formatter(ticker.LogFormatter())
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.tick_params(axis="y", labelsize=7)
             ax.set_title(f"{key} t={t}".strip(), fontsize=9)
             if t == 0 or (quantity == "delta" and t == 1):
                 label = "mean |h_t|" if quantity == "act" else "mean |h_t - h_0|"

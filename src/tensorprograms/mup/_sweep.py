@@ -413,10 +413,14 @@ class TransferResult:
             out[s] = float(loss[np.argmin(np.abs(lrs - lr))]) if ok else math.nan
         return out
 
-    def wider_is_better(self, parametrization: str, rel_tol: float = 0.02) -> bool:
-        """Whether, at the transferred learning rate, the loss never rises by
-        more than ``rel_tol`` (relative) from one size to the next larger one,
-        and the largest size is no worse than the smallest."""
+    def wider_is_better(self, parametrization: str, rel_tol: float = 0.05) -> bool:
+        """Whether, at the learning rate tuned on the smallest size, the loss
+        never rises by more than ``rel_tol`` (relative) from one size to the next
+        larger one, and the largest size is no worse than the smallest.
+
+        The default 5% is about one seed-to-seed standard deviation of the mean
+        training loss on the ``mlp`` task near its optimum (4%, 5 seeds).
+        """
         v = list(self.transferred_losses(parametrization).values())
         if not all(math.isfinite(x) for x in v):
             return False
@@ -455,7 +459,8 @@ class TransferResult:
 
     def summary(self) -> str:
         """A text report: optimum per size, its shift, and the verdicts."""
-        lines = [f"transfer sweep on task {self.task!r} (Adam; loss after training)"]
+        lines = [f"transfer sweep on task {self.task!r} (Adam; mean training loss)"]
+        bigger = "wider" if self.axis == "width" else "deeper"
         for p in self.parametrizations:
             opt = self.optima(p)
             tl = self.transferred_losses(p)
@@ -467,7 +472,7 @@ class TransferResult:
                 )
             lines.append(
                 f"    optimum moves by {self.shift(p):.0f} octave(s): "
-                f"{'stable' if self.stable(p) else 'NOT stable'}; wider is "
+                f"{'stable' if self.stable(p) else 'NOT stable'}; {bigger} is "
                 f"{'better' if self.wider_is_better(p) else 'NOT better'} at "
                 "the transferred lr"
             )

@@ -6,8 +6,9 @@ on it shows whether the optimum transfers (TP5, Yang et al. 2022, section 3):
 
 * ``mlp``: a ReLU MLP on scikit-learn's bundled 8x8 digits (1,797 images).
 * ``resmlp``: a residual MLP on the same digits, one layer per residual block,
-  with Depth-muP branch multipliers ``1 / sqrt(L)`` and Adam learning rates
-  ``~ 1 / sqrt(L)`` (TP6, Yang et al. 2023, section 3) for depth transfer.
+  with Depth-muP (``MuResidual``: branch multipliers ``1 / sqrt(L)`` and Adam
+  learning rates ``~ 1 / sqrt(L)``; TP6, Yang et al. 2023, section 3) for depth
+  transfer.
 * ``resnet``: a ResNet-style convnet on the digits seen as 1 x 8 x 8 images.
 * ``transformer``: a GPT-style character-level transformer trained on the
   source text of a module of Python's standard library.
@@ -61,7 +62,7 @@ def digits_data(
     Example:
         >>> x, y, xt, yt = digits_data()
         >>> tuple(x.shape), int(y.max()), x.shape[0] + xt.shape[0]
-        ((1437, 64), 9, 1797)
+        ((1438, 64), 9, 1797)
     """
     from sklearn.datasets import load_digits
 
@@ -174,14 +175,34 @@ class MLP(nn.Module):
         return self.readout(h)  # (batch, d_out)
 
 
+class _Branch(nn.Module):
+    """One-layer residual branch ``W relu(h)`` (TP6's block)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.relu(h))  # (batch, width)
+
+
+class _PlainResidual(nn.Module):
+    def __init__(self, branch: nn.Module):
+        super().__init__()
+        self.branch = branch
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.branch(h)
+
+
 class ResidualMLP(nn.Module):
     """Residual MLP with one layer per block (TP6, section 3).
 
     ``h^0 = W_in x``; ``h^l = h^(l-1) + m W^l relu(h^(l-1))`` for
-    ``l = 1..depth``; output ``readout(relu(h^L))``. The branch multiplier is
-    ``m = sqrt(base_depth / depth)`` in Depth-muP (``a / sqrt(L)`` with
-    ``a = sqrt(base_depth)``, so that ``m = 1`` at the base depth) and
-    ``m = 1`` in SP.
+    ``l = 1..depth``; output ``readout(relu(h^L))``. In muP the blocks are
+    :class:`tensorprograms.mup.MuResidual` (Depth-muP): ``m = sqrt(base_depth /
+    depth)``, and ``MuAdam`` scales the branch learning rates by
+    ``sqrt(base_depth / depth)``; in SP ``m = 1`` and nothing is scaled.
     """
 
     def __init__(
@@ -198,16 +219,21 @@ class ResidualMLP(nn.Module):
         if depth < 1:
             raise ValueError(f"ResidualMLP depth must be >= 1, got {depth}")
         self.input = nn.Linear(d_in, width)
-        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
-        self.branch_mult = (
-            math.sqrt(base_depth / depth) if parametrization == "mup" else 1.0
-        )
+        if parametrization == "mup":
+            from tensorprograms.mup import MuResidual
+
+            blocks = (
+                MuResidual(_Branch(width), depth, base_depth) for _ in range(depth)
+            )
+        else:
+            blocks = (_PlainResidual(_Branch(width)) for _ in range(depth))
+        self.blocks = nn.ModuleList(blocks)
         self.readout = _readout(width, d_out, parametrization)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.input(x)  # (batch, width)
         for block in self.blocks:
-            h = h + self.branch_mult * block(torch.relu(h))  # (batch, width)
+            h = block(h)  # (batch, width)
         return self.readout(torch.relu(h))  # (batch, d_out)
 
 
@@ -377,9 +403,6 @@ class Task:
         widths, depths: default sweep sizes.
         log2_lrs: default Adam learning-rate grid (log2).
         steps: default number of training steps.
-        depth_scaled: names of the parameters under residual branches, whose
-            Adam learning rate Depth-muP scales by ``sqrt(base_depth / depth)``
-            (``None``: no depth scaling).
     """
 
     name: str
@@ -393,7 +416,6 @@ class Task:
     depths: tuple[int, ...]
     log2_lrs: tuple[float, ...]
     steps: int
-    depth_scaled: Callable[[str], bool] | None = None
 
     def build(self, width: int, depth: int | None = None, parametrization="mup"):
         """The model at ``width`` and ``depth`` with ``parametrization`` applied.
@@ -421,23 +443,16 @@ class Task:
         parametrization: str = "mup",
         depth: int | None = None,
     ) -> torch.optim.Optimizer:
-        """Adam for the model: ``MuAdam`` in muP (with the Depth-muP factor
-        ``sqrt(base_depth / depth)`` on residual-branch parameters), plain
-        ``torch.optim.Adam`` in SP."""
+        """Adam for the model: ``MuAdam`` in muP (which also applies Depth-muP's
+        learning-rate factor inside ``MuResidual`` blocks), plain
+        ``torch.optim.Adam`` in SP. ``depth`` is accepted for symmetry with
+        :meth:`build` and not needed."""
         _check_parametrization(parametrization)
         if parametrization == "sp":
             return torch.optim.Adam(model.parameters(), lr=lr)
         from tensorprograms.mup import MuAdam
 
-        depth = self.base_depth if depth is None else depth
-        if self.depth_scaled is None or depth == self.base_depth:
-            return MuAdam(model.parameters(), lr=lr)
-        factor = math.sqrt(self.base_depth / depth)
-        scaled, rest = [], []
-        for name, p in model.named_parameters():
-            (scaled if self.depth_scaled(name) else rest).append(p)
-        groups = [{"params": rest, "lr": lr}, {"params": scaled, "lr": lr * factor}]
-        return MuAdam([g for g in groups if g["params"]], lr=lr)
+        return MuAdam(model.parameters(), lr=lr)
 
 
 def train(
@@ -530,7 +545,6 @@ def _make_resmlp() -> Task:
         depths=(2, 4, 8, 16),
         log2_lrs=tuple(float(v) for v in range(-14, -3)),
         steps=150,
-        depth_scaled=lambda name: name.startswith("blocks."),
     )
 
 

@@ -38,6 +38,7 @@ from ._dense import Dense
 from ._kernel import Kernel
 from ._layer import Layer
 from ._norm import BatchNorm, LayerNorm
+from ._program import MLPProgram, mlp_program, program_kernel
 from ._rnn import RNN
 from ._spec import from_spec
 
@@ -58,6 +59,7 @@ __all__ = [
     "Kernel",
     "Layer",
     "LayerNorm",
+    "MLPProgram",
     "LeakyRelu",
     "Parallel",
     "RNN",
@@ -68,6 +70,8 @@ __all__ = [
     "Sigmoid",
     "Tanh",
     "from_spec",
+    "mlp_program",
+    "program_kernel",
     "parallel",
     "serial",
 ]

@@ -1,488 +1,28 @@
-"""The Tensor Program language: Netsor, Netsor-T and Netsor-T+ (TP1, TP2, TP3/TP4).
-
-A program is an append-only list of immutable instructions over three kinds of
-value:
-
-* **vectors** of width ``ratio * n`` (coordinates iid over the width); a vector
-  either is *shared* (one vector) or carries a batch of ``lanes`` vectors, one per
-  input of a data set, so that kernels over a data set are one program;
-* **matrices** of shape ``(out_ratio * n, in_ratio * n)`` with iid entries
-  ``N(0, var / n_in)``;
-* **scalars**, deterministic in the limit (TP3/TP4's Netsor-T+).
-
-Instructions: initial vectors (jointly Gaussian, with a given covariance across
-vectors and lanes), initial matrices, initial scalars, ``MatMul`` (``W @ x`` and
-``W.T @ x``), ``Nonlin`` (coordinatewise, any number of vector and scalar
-arguments; linear combinations are kept as ``LinComb`` and ``Scale`` so the limit
-stays exact for linear programs), ``Moment`` (the coordinate average of a vector,
-a scalar) and ``ScalarFn`` (a function of scalars).
-
-Example:
-    >>> import tensorprograms as tp
-    >>> p = tp.Program()
-    >>> x = p.vector("x")
-    >>> W = p.matrix("W", var=1.0)
-    >>> h = W @ x
-    >>> g = W.T @ tp.relu(h)
-    >>> s = p.moment(g * g)
-    >>> len(p)
-    7
-    >>> p.variant
-    'Netsor-T+'
-"""
+"""The program: instructions added one by one and checked against the rules."""
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = [
-    "VARIANTS",
-    "Func",
-    "Program",
-    "ProgramError",
-    "Vector",
-    "Matrix",
-    "Scalar",
-    "InitVector",
-    "InitMatrix",
-    "InitScalar",
-    "MatMul",
-    "Nonlin",
-    "LinComb",
-    "Scale",
-    "Moment",
-    "ScalarFn",
-]
-
-VARIANTS = ("Netsor", "Netsor-T", "Netsor-T+")
-
-_TEST_POINTS = torch.tensor(
-    [-3.0, -1.0, -0.5, 0.0, 0.25, 1.0, 2.5], dtype=torch.float64
+from ._func import VARIANTS, ProgramError, _as_func, _check_func
+from ._handles import Matrix, Scalar, Vector
+from ._instructions import (
+    InitMatrix,
+    InitScalar,
+    InitVector,
+    LinComb,
+    MatMul,
+    Moment,
+    Nonlin,
+    ScalarFn,
+    Scale,
+    _ratio_str,
 )
-
-
-class ProgramError(ValueError):
-    """An instruction breaks a rule of the language; the message names both."""
-
-
-# ----------------------------------------------------------------------------
-# Functions carried by Nonlin / Moment / ScalarFn instructions
-
-
-@dataclass(frozen=True, eq=False)
-class Func:
-    """A coordinatewise function ``fn(x_1, ..., x_k, theta_1, ..., theta_l)``.
-
-    Args:
-        name: printed name.
-        fn: callable on torch tensors (vector arguments first, then scalar ones).
-        n_vectors: number of vector arguments ``k``.
-        n_scalars: number of scalar arguments ``l`` (Netsor-T+ only).
-        smooth: whether ``fn`` is infinitely differentiable (decides how the limit
-            evaluator integrates and differentiates it).
-        nonlinearity: the registered one-argument nonlinearity this function is,
-            if any (its closed-form Gaussian expectations are then used).
-    """
-
-    name: str
-    fn: Callable
-    n_vectors: int
-    n_scalars: int = 0
-    smooth: bool = True
-    nonlinearity: object = None
-
-    def __call__(self, *args):
-        return self.fn(*args)
-
-
-def _mul(x, y):
-    return x * y
-
-
-def _div(x, y):
-    return x / y
-
-
-MUL = Func("mul", _mul, 2)
-DIV = Func("div", _div, 2)
-
-
-def _as_func(fn, n_vectors: int, n_scalars: int, name: str | None) -> Func:
-    if isinstance(fn, Func):
-        return fn
-    if hasattr(fn, "fn") and hasattr(fn, "smooth") and hasattr(fn, "name"):
-        if n_vectors != 1 or n_scalars != 0:
-            raise ProgramError(
-                f"nonlinearity {fn.name!r} takes one vector argument, "
-                f"got {n_vectors} vectors and {n_scalars} scalars"
-            )
-        return Func(fn.name, fn.fn, 1, 0, bool(fn.smooth), fn)
-    if not callable(fn):
-        raise TypeError(f"expected a callable nonlinearity, got {type(fn).__name__}")
-    return Func(name or getattr(fn, "__name__", "fn"), fn, n_vectors, n_scalars)
-
-
-def _check_func(func: Func, where: str) -> None:
-    """Evaluate ``func`` on test points: finite values of the right shape."""
-    args = [_TEST_POINTS.roll(i) for i in range(func.n_vectors)]
-    args += [torch.tensor(0.5, dtype=torch.float64)] * func.n_scalars
-    try:
-        out = func.fn(*args)
-    except Exception as exc:  # the user's function itself failed
-        raise ProgramError(
-            f"{where}: nonlinearity {func.name!r} fails on the test points "
-            f"{_TEST_POINTS.tolist()}: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(out, torch.Tensor) or out.shape != _TEST_POINTS.shape:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ProgramError(
-            f"{where}: nonlinearity {func.name!r} must map a tensor of shape "
-            f"{tuple(_TEST_POINTS.shape)} coordinatewise to the same shape, got {got}"
-        )
-    bad = ~torch.isfinite(out)
-    if bad.any():
-        i = int(bad.nonzero()[0])
-        point = [float(a[i]) for a in args[: func.n_vectors]]
-        raise ProgramError(
-            f"{where}: nonlinearity {func.name!r} is not finite at the test point "
-            f"{point} (value {float(out[i])})"
-        )
-
-
-# ----------------------------------------------------------------------------
-# Instructions (immutable)
-
-
-@dataclass(frozen=True, eq=False)
-class InitVector:
-    """An initial vector: member ``member`` of a jointly Gaussian group.
-
-    ``group_cov`` is the covariance of one coordinate of all members and lanes,
-    ordered member-major: index ``member * L + lane`` with ``L = max(lanes, 1)``.
-    """
-
-    name: str
-    ratio: float
-    lanes: int
-    group: int
-    member: int
-    group_cov: torch.Tensor
-
-    kind = "vector"
-
-    def describe(self, names):
-        L = max(self.lanes, 1)
-        i = self.member * L
-        block = self.group_cov[i : i + L, i : i + L]
-        if self.lanes == 0:
-            return f"vector(var={float(block[0, 0]):.6g})"
-        return f"vector(lanes={self.lanes}, cov {L}x{L})"
-
-
-@dataclass(frozen=True, eq=False)
-class InitMatrix:
-    """An initial matrix with iid ``N(0, var / n_in)`` entries."""
-
-    name: str
-    var: float
-    out_ratio: float
-    in_ratio: float
-
-    kind = "matrix"
-
-    def describe(self, names):
-        shape = f"{_ratio_str(self.out_ratio)} x {_ratio_str(self.in_ratio)}"
-        return f"matrix(var={self.var:.6g}, {shape})"
-
-
-@dataclass(frozen=True, eq=False)
-class InitScalar:
-    """An initial scalar with a given (deterministic) value, per lane or shared."""
-
-    name: str
-    value: torch.Tensor
-    lanes: int
-
-    kind = "scalar"
-
-    def describe(self, names):
-        if self.lanes == 0:
-            return f"scalar({float(self.value):.6g})"
-        return f"scalar(lanes={self.lanes})"
-
-
-@dataclass(frozen=True, eq=False)
-class MatMul:
-    """``W @ x`` (or ``W.T @ x`` when ``transpose``)."""
-
-    name: str
-    matrix: int
-    transpose: bool
-    arg: int
-
-    kind = "vector"
-
-    def describe(self, names):
-        t = ".T" if self.transpose else ""
-        return f"{names[self.matrix]}{t} @ {names[self.arg]}"
-
-
-@dataclass(frozen=True, eq=False)
-class Nonlin:
-    """``func(x_1, ..., x_k; theta_1, ..., theta_l)`` coordinatewise."""
-
-    name: str
-    func: Func
-    args: tuple[int, ...]
-    scalars: tuple[int, ...] = ()
-
-    kind = "vector"
-
-    def describe(self, names):
-        inner = ", ".join(names[a] for a in self.args)
-        if self.scalars:
-            inner += "; " + ", ".join(names[s] for s in self.scalars)
-        return f"{self.func.name}({inner})"
-
-
-@dataclass(frozen=True, eq=False)
-class LinComb:
-    """``const + sum_i coefs[i] * x_i`` with constant coefficients."""
-
-    name: str
-    args: tuple[int, ...]
-    coefs: tuple[float, ...]
-    const: float = 0.0
-
-    kind = "vector"
-
-    def describe(self, names):
-        parts = [f"{c:.6g}*{names[a]}" for a, c in zip(self.args, self.coefs)]
-        if self.const:
-            parts.append(f"{self.const:.6g}")
-        return " + ".join(parts)
-
-
-@dataclass(frozen=True, eq=False)
-class Scale:
-    """``theta * x``: a vector times a scalar of the program (a Nonlin+)."""
-
-    name: str
-    arg: int
-    scalar: int
-
-    kind = "vector"
-
-    def describe(self, names):
-        return f"{names[self.scalar]} * {names[self.arg]}"
-
-
-@dataclass(frozen=True, eq=False)
-class Moment:
-    """``(1/n) sum_a x_a``: the coordinate average of a vector, a scalar."""
-
-    name: str
-    arg: int
-
-    kind = "scalar"
-
-    def describe(self, names):
-        return f"moment({names[self.arg]})"
-
-
-@dataclass(frozen=True, eq=False)
-class ScalarFn:
-    """``func(theta_1, ..., theta_l)`` of scalars."""
-
-    name: str
-    func: Func
-    args: tuple[int, ...]
-
-    kind = "scalar"
-
-    def describe(self, names):
-        return f"{self.func.name}({', '.join(names[a] for a in self.args)})"
-
-
-def _ratio_str(r: float) -> str:
-    return "n" if r == 1 else f"{r:g}n"
-
-
-# ----------------------------------------------------------------------------
-# Handles
-
-
-@dataclass(frozen=True, eq=False)
-class _Handle:
-    program: Program
-    index: int
-
-    @property
-    def name(self) -> str:
-        return self.program.instructions[self.index].name
-
-    @property
-    def instruction(self):
-        return self.program.instructions[self.index]
-
-    def __repr__(self):
-        return f"<{type(self).__name__} {self.name} of a program>"
-
-    def __hash__(self):
-        return hash((id(self.program), self.index))
-
-    def __eq__(self, other):
-        if not isinstance(other, _Handle):
-            return NotImplemented
-        return self.program is other.program and self.index == other.index
-
-
-class Vector(_Handle):
-    """A vector of the program (a handle; arithmetic appends instructions)."""
-
-    @property
-    def ratio(self) -> float:
-        return self.program._ratio[self.index]
-
-    @property
-    def lanes(self) -> int:
-        """Number of lanes (inputs of a batch); 0 for a shared vector."""
-        return self.program._lanes[self.index]
-
-    def _apply_nonlinearity(self, nl):
-        return self.program.nonlin(nl, self)
-
-    def __add__(self, other):
-        return self.program._combine(self, other, 1.0)
-
-    def __radd__(self, other):
-        return self.program._combine(self, other, 1.0)
-
-    def __sub__(self, other):
-        return self.program._combine(self, other, -1.0)
-
-    def __rsub__(self, other):
-        return self.program._combine(-1.0 * self, other, 1.0)
-
-    def __neg__(self):
-        return self.program.lincomb([self], [-1.0])
-
-    def __mul__(self, other):
-        if isinstance(other, numbers.Real):
-            return self.program.lincomb([self], [float(other)])
-        if isinstance(other, Scalar):
-            return self.program.scale(self, other)
-        if isinstance(other, Vector):
-            return self.program.nonlin(MUL, self, other)
-        return NotImplemented
-
-    __rmul__ = __mul__
-
-    def __truediv__(self, other):
-        if isinstance(other, numbers.Real):
-            return self.program.lincomb([self], [1.0 / float(other)])
-        if isinstance(other, Scalar):
-            return self.program.scale(self, 1.0 / other)
-        if isinstance(other, Vector):
-            return self.program.nonlin(DIV, self, other)
-        return NotImplemented
-
-    def __pow__(self, k):
-        if not isinstance(k, numbers.Integral) or k < 1:
-            raise ValueError(f"vector powers take a positive integer exponent, got {k}")
-        out = self
-        for _ in range(int(k) - 1):
-            out = self.program.nonlin(MUL, out, self)
-        return out
-
-
-class Matrix(_Handle):
-    """An initial matrix; ``W @ x`` and ``W.T @ x`` append MatMul instructions."""
-
-    transpose = False
-
-    @property
-    def T(self) -> _Transposed:
-        return _Transposed(self)
-
-    def __matmul__(self, x):
-        return self.program.matmul(self, x, transpose=False)
-
-
-class _Transposed:
-    def __init__(self, matrix: Matrix):
-        self.matrix = matrix
-
-    @property
-    def T(self) -> Matrix:
-        return self.matrix
-
-    def __matmul__(self, x):
-        return self.matrix.program.matmul(self.matrix, x, transpose=True)
-
-    def __repr__(self):
-        return f"<transpose of {self.matrix.name}>"
-
-
-class Scalar(_Handle):
-    """A scalar of the program (Netsor-T+)."""
-
-    @property
-    def lanes(self) -> int:
-        return self.program._lanes[self.index]
-
-    def _apply_nonlinearity(self, nl):
-        return self.program.scalar_fn(_as_func(nl, 1, 0, None), self)
-
-    def _binary(self, other, op, name, swap=False):
-        p = self.program
-        if isinstance(other, numbers.Real):
-            c = float(other)
-            f = (lambda s: op(c, s)) if swap else (lambda s: op(s, c))
-            label = f"{c:g} {name} ." if swap else f". {name} {c:g}"
-            return p.scalar_fn(Func(f"({label})", f, 1), self)
-        if isinstance(other, Scalar):
-            a, b = (other, self) if swap else (self, other)
-            return p.scalar_fn(Func(name, op, 2), a, b)
-        return NotImplemented
-
-    def __add__(self, o):
-        return self._binary(o, lambda a, b: a + b, "+")
-
-    def __radd__(self, o):
-        return self._binary(o, lambda a, b: a + b, "+", swap=True)
-
-    def __sub__(self, o):
-        return self._binary(o, lambda a, b: a - b, "-")
-
-    def __rsub__(self, o):
-        return self._binary(o, lambda a, b: a - b, "-", swap=True)
-
-    def __mul__(self, o):
-        if isinstance(o, Vector):
-            return self.program.scale(o, self)
-        return self._binary(o, lambda a, b: a * b, "*")
-
-    def __rmul__(self, o):
-        return self._binary(o, lambda a, b: a * b, "*", swap=True)
-
-    def __truediv__(self, o):
-        return self._binary(o, lambda a, b: a / b, "/")
-
-    def __rtruediv__(self, o):
-        return self._binary(o, lambda a, b: a / b, "/", swap=True)
-
-    def __pow__(self, o):
-        return self._binary(o, lambda a, b: a**b, "**")
-
-    def __neg__(self):
-        return self._binary(-1.0, lambda a, b: a * b, "*")
-
 
 # ----------------------------------------------------------------------------
 # The program
@@ -515,6 +55,7 @@ class Program:
         self._groups = 0
         self._batch = 0  # lanes of the lane vectors (all equal), 0 while none
         self._used_by: list[list[int]] = []
+        self._frozen = False
 
     # ---- bookkeeping ---
     def __len__(self):
@@ -534,7 +75,20 @@ class Program:
             raise ProgramError(f"the name {name!r} is already used in this program")
         return name
 
+    def freeze(self) -> Program:
+        """Forbid further instructions (the readers' results refer to this state)."""
+        self._frozen = True
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
     def _append(self, ins, ratio=None, lanes=0, uses=()):
+        if self._frozen:
+            raise ProgramError(
+                f"cannot add {type(ins).__name__} {ins.name!r}: the program is frozen"
+            )
         self.instructions = self.instructions + (ins,)
         self._names.add(ins.name)
         self._ratio.append(ratio)

@@ -1,39 +1,4 @@
-"""The Master Theorem reader: the infinite-width limit of any program.
-
-Every vector ``x`` of width ``n`` has a limit law ``Z^x`` of a typical coordinate
-(TP1-TP4). This module represents ``Z^x`` as an exact function of *atoms*:
-jointly Gaussian variables, one block per initial vector and per MatMul output.
-
-* **ZHat** (TP3, Netsor-T+ Master Theorem): the MatMul outputs of one matrix
-  ``W`` in one direction are centred Gaussian with
-  ``Cov(ZHat^{Wx}, ZHat^{Wy}) = sigma_W^2 E[Z^x Z^y]``; for ``W^T`` (``W`` of shape
-  ``n_out x n_in``) the covariance carries the ratio ``n_out / n_in``; the two
-  directions, different matrices and the initial vectors are independent.
-* **ZDot**: ``Z^{Wx} = ZHat^{Wx} + sigma_W^2 sum_y Z^y E[dZ^x / dZHat^{W^T y}]``
-  over the products ``W^T y`` of the program, and symmetrically (with the ratio)
-  for ``W^T x``. The derivative treats ``Z^x`` as a function of the atoms.
-* **Nonlin**: ``Z^{phi(x, ...)} = phi(Z^x, ...)``, linear combinations kept as
-  linear forms; **Moment**: ``theta = E[Z^x]``.
-
-Expectations are computed in the cheapest exact way available: linear algebra on
-the atoms' covariance for linear terms (so linear programs are exact), closed
-forms of the nonlinearity registry for ``E[phi(u) psi(u')]`` of Gaussian
-arguments, Gauss-Hermite quadrature over the rank of the covariance of the
-Gaussian arguments in low dimension, Monte Carlo with a standard error beyond.
-Every value carries an :class:`~tensorprograms.gaussian.Estimate` saying how it
-was obtained and its error bound.
-
-Example:
-    >>> import tensorprograms as tp
-    >>> p = tp.Program()
-    >>> x = p.vector("x")
-    >>> W = p.matrix("W")
-    >>> y = W.T @ (W @ x)          # (W^T W) x: Marchenko-Pastur, ratio 1
-    >>> s = p.moment(y * y)        # (1/n) x^T (W^T W)^2 x -> 2
-    >>> res = tp.limit(p)
-    >>> float(res[s]), res.estimate(s).method
-    (2.0, 'exact')
-"""
+"""The Master Theorem, instruction by instruction (ZHat, ZDot, Nonlin, Moment)."""
 
 from __future__ import annotations
 
@@ -42,11 +7,9 @@ import math
 
 import torch
 
-from . import gaussian, nonlinearities
-from .gaussian import Estimate
-from .program import (
-    MUL,
-    Func,
+from .. import gaussian, nonlinearities
+from ..gaussian import Estimate
+from ..program import (
     InitMatrix,
     InitScalar,
     InitVector,
@@ -57,134 +20,22 @@ from .program import (
     Program,
     ScalarFn,
     Scale,
-    _Handle,
 )
-
-__all__ = ["limit", "LimitResult", "ZVector"]
-
-_F64 = torch.float64
-_METHODS = ("exact", "closed form", "quadrature", "monte carlo")
-
-
-# ----------------------------------------------------------------------------
-# Z expressions
-
-
-class _Atom:
-    """A block of Gaussian atoms (one per lane, or one shared)."""
-
-    __slots__ = ("id", "lanes", "label")
-    method, err = 0, 0.0
-
-    def __init__(self, id_, lanes, label):
-        self.id, self.lanes, self.label = id_, lanes, label
-
-    @property
-    def deps(self):
-        return frozenset((self.id,))
-
-    smooth = True
-
-
-class _Apply:
-    """``func(arg_1, ..., arg_k; scalars)`` of linear forms ``arg_i``."""
-
-    __slots__ = ("func", "args", "scalars", "lanes", "deps", "smooth", "method", "err")
-
-    def __init__(self, func, args, scalars, lanes, method=0, err=0.0):
-        self.func, self.args, self.scalars, self.lanes = func, args, scalars, lanes
-        self.deps = frozenset().union(*(a.deps for a in args))
-        self.smooth = func.smooth and all(a.smooth for a in args)
-        self.method = max([method] + [a.method for a in args])
-        self.err = err
-
-    def label(self, names):
-        inner = ", ".join(a.label(names) for a in self.args)
-        return f"{self.func.name}({inner})"
-
-
-class _Lin:
-    """``const + sum coef_k * term_k``; coefficients per lane (shape ``(L,)``)."""
-
-    __slots__ = ("terms", "const", "lanes", "deps", "smooth", "method", "err")
-
-    def __init__(self, terms, const, lanes, method=0, err=0.0):
-        merged: dict = {}
-        for node, c in terms:
-            key = id(node)
-            if key in merged:
-                merged[key] = (node, merged[key][1] + c)
-            else:
-                merged[key] = (node, c)
-        self.terms = tuple(v for v in merged.values() if bool((v[1] != 0).any()))
-        self.const = const
-        self.lanes = lanes
-        self.deps = frozenset().union(*(t.deps for t, _ in self.terms))
-        self.smooth = all(t.smooth for t, _ in self.terms)
-        # Worst method behind the coefficients, and a bound on the L2 norm of the
-        # error of this Z (from integrated ZDot coefficients and scalars).
-        self.method = max([method] + [t.method for t, _ in self.terms])
-        self.err = err + sum(
-            float(c.abs().max()) * t.err for t, c in self.terms if t.err
-        )
-
-    @property
-    def gaussian(self) -> bool:
-        return all(isinstance(t, _Atom) for t, _ in self.terms)
-
-    def scaled(self, c: torch.Tensor, lanes: int, method=0, err=0.0) -> _Lin:
-        terms = [(t, c * a) for t, a in self.terms]
-        return _Lin(terms, c * self.const, lanes, max(method, self.method), err)
-
-    def label(self, names=None):
-        parts = []
-        for t, c in self.terms:
-            lab = t.label if isinstance(t, _Atom) else t.label(names)
-            parts.append(f"{_coef_str(c)}{lab}")
-        if bool((self.const != 0).any()):
-            parts.append(_coef_str(self.const).rstrip("*") or "1")
-        return " + ".join(parts) if parts else "0"
-
-
-def _coef_str(c: torch.Tensor) -> str:
-    if c.numel() == 1 or bool((c == c[0]).all()):
-        v = float(c.reshape(-1)[0])
-        return "" if v == 1 else f"{v:.4g}*"
-    return "c*"  # per-lane coefficients
-
-
-def _lipschitz(func) -> float:
-    """Largest slope of a one-argument function on [-20, 20] (inf if unknown)."""
-    if func.n_vectors != 1 or func.n_scalars:
-        return math.inf
-    x = torch.linspace(-20, 20, 4001, dtype=_F64)
-    slopes = (func.fn(x[1:]) - func.fn(x[:-1])).abs() / (x[1] - x[0])
-    return float(slopes.max())
-
-
-def _lane_sel(c: torch.Tensor, lanes: torch.Tensor) -> torch.Tensor:
-    return c[lanes] if c.shape[0] > 1 else c.expand(lanes.shape[0])
-
-
-# ----------------------------------------------------------------------------
-# Estimates
-
-
-def _exact(value: torch.Tensor) -> Estimate:
-    return Estimate(value, torch.zeros_like(value), "exact")
-
-
-def _combine(parts) -> Estimate:
-    """Sum of ``coef * estimate`` pairs: errors add, the weakest method wins."""
-    value = error = None
-    method = 0
-    for coef, est in parts:
-        v, e = coef * est.value, coef.abs() * est.error
-        value = v if value is None else value + v
-        error = e if error is None else error + e
-        method = max(method, _METHODS.index(est.method))
-    return Estimate(value, error, _METHODS[method])
-
+from ..program._func import MUL, Func
+from ._z import (
+    _F64,
+    _METHODS,
+    _ZERO1,
+    _Apply,
+    _as_lin,
+    _Atom,
+    _combine,
+    _exact,
+    _lane_sel,
+    _Lin,
+    _lipschitz,
+    _scaled,
+)
 
 # ----------------------------------------------------------------------------
 # The evaluator
@@ -334,9 +185,12 @@ class _Evaluator:
             method = max(method, _METHODS.index(d.method))
             if bool((d.error > 0).any()):
                 err += sigma2 * float(d.error.max()) * self.norm(y)
-            if not bool((d.value != 0).any()):
+            # A coefficient within its integration error of zero is zero (TP2's
+            # gradient independence makes such terms vanish exactly).
+            coef = torch.where(d.value.abs() <= d.error + 1e-13, 0.0, d.value)
+            if not bool((coef != 0).any()):
                 continue
-            zy = y.scaled(sigma2 * d.value, max(x.lanes, y.lanes))
+            zy = y.scaled(sigma2 * coef, max(x.lanes, y.lanes))
             terms += list(zy.terms)
             const = const + zy.const
         return _Lin(terms, const, x.lanes, method, err)
@@ -436,10 +290,79 @@ class _Evaluator:
             (phi, u), (psi, v) = gs, gt
             q1, q2 = self._var(u, ls), self._var(v, lt)
             c = self._cross(u, ls, v, lt)
-            closed = nonlinearities.pair_expectation(phi, psi, q1, q2, c)
-            if closed is not None:
-                return Estimate(closed.to(_F64), torch.zeros_like(q1), "closed form")
-        return self._generic([(s, ls), (t, lt)], lambda v: v[0] * v[1])
+            # closed form, Mehler series or 2-D quadrature (tensorprograms.gaussian)
+            return gaussian.bivariate(phi, psi, q1, q2, c, **self._opts())
+        return self._product([(s, ls), (t, lt)])
+
+    # ---- products of independent factors ------------------------------------------
+    def _factors(self, node, lanes, out, coef):
+        """Flatten products: ``node`` = ``coef * prod(out)``; returns ``coef``."""
+        if isinstance(node, _Apply) and node.func is MUL:
+            for arg in node.args:
+                if len(arg.terms) == 1 and not bool((arg.const != 0).any()):
+                    term, c = arg.terms[0]
+                    coef = coef * _lane_sel(c, lanes)
+                    coef = self._factors(term, lanes, out, coef)
+                else:
+                    out.append((arg, lanes))
+            return coef
+        out.append((node, lanes))
+        return coef
+
+    def _correlated(self, a: frozenset, b: frozenset) -> bool:
+        for i in a:
+            for j in b:
+                c = self.cov.get((i, j))
+                if c is not None and bool((c != 0).any()):
+                    return True
+        return False
+
+    def _product(self, roots) -> Estimate:
+        """``E[prod roots]``, factorised over groups of independent factors."""
+        factors: list = []
+        coef = torch.ones(roots[0][1].shape[0], dtype=_F64)
+        for node, lanes in roots:
+            coef = self._factors(node, lanes, factors, coef)
+        groups: list[list] = []  # connected components of correlated factors
+        for f in factors:
+            joined = [
+                g
+                for g in groups
+                if any(self._correlated(f[0].deps, h[0].deps) for h in g)
+            ]
+            merged = [f] + [h for g in joined for h in g]
+            groups = [g for g in groups if not any(g is j for j in joined)] + [merged]
+        if len(groups) == 1 and len(factors) == len(roots) == 2:
+            return _scaled(coef, self._generic(roots, lambda v: v[0] * v[1]))
+        parts = [self._group_expect(g) for g in groups]
+        value, error = coef.clone(), torch.zeros_like(coef)
+        for est in parts:  # |d(prod)| <= sum of |err_i| * prod of the others
+            error = error * est.value.abs() + value.abs() * est.error
+            value = value * est.value
+        method = max((_METHODS.index(e.method) for e in parts), default=0)
+        return Estimate(value, error, _METHODS[method])
+
+    def _group_expect(self, group) -> Estimate:
+        if len(group) == 1:
+            node, lanes = group[0]
+            if isinstance(node, _Atom):
+                return _exact(torch.zeros(lanes.shape[0], dtype=_F64))
+            if isinstance(node, _Lin):
+                return self.mean(node, lanes)
+            return self._mean_apply(node, lanes)
+        if len(group) == 2:
+            (a, la), (b, lb) = group
+            if isinstance(a, _Lin) or isinstance(b, _Lin):
+                return self.bilinear(_as_lin(a), la, _as_lin(b), lb)
+            return self._pair(a, la, b, lb)
+
+        def prod(vals):
+            out = vals[0]
+            for v in vals[1:]:
+                out = out * v
+            return out
+
+        return self._generic(group, prod)
 
     def _gauss1(self, t):
         """``(phi, u)`` when the term is ``phi(u)`` of a centred Gaussian form ``u``."""
@@ -628,125 +551,5 @@ class _Context:
         return out
 
 
-_ZERO1 = torch.zeros(1, dtype=_F64)
-
-
 def _func_of(nl) -> Func:
     return Func(nl.name, nl.fn, 1, 0, bool(nl.smooth), nl)
-
-
-# ----------------------------------------------------------------------------
-# Results
-
-
-class ZVector:
-    """The limit ``Z^x`` of a vector: its expression over atoms and its kernel."""
-
-    def __init__(self, result: LimitResult, index: int):
-        self._result, self._index = result, index
-        self._z = result._ev.Z[index]
-
-    @property
-    def lanes(self) -> int:
-        return self._z.lanes
-
-    def kernel(self) -> torch.Tensor:
-        """``E[Z_a Z_b]`` over the vector's lanes: shape ``(L, L)``."""
-        return self._result._ev.kernel(self._z, self._z).value
-
-    def mean(self) -> torch.Tensor:
-        """``E[Z]`` per lane: shape ``(L,)`` (``()`` when shared)."""
-        lanes = torch.arange(max(self._z.lanes, 1))
-        return self._result._shape(
-            self._result._ev.mean(self._z, lanes).value, self._z.lanes
-        )
-
-    @property
-    def expr(self) -> str:
-        """``Z`` as a formula of the atoms (ZHat of MatMuls, Z of initial vectors)."""
-        return self._z.label(None)
-
-    def __repr__(self):
-        name = self._result.program.instructions[self._index].name
-        return f"Z[{name}] = {self.expr}"
-
-
-class LimitResult:
-    """The Master Theorem's answer for a program.
-
-    ``res[s]`` is the limit of a scalar (a float64 tensor, one value per lane);
-    ``res[x]`` the :class:`ZVector` of a vector; ``res.kernel(x, y)`` the limit of
-    ``<x, y> / n``; ``res.estimate(s)`` says how a scalar was obtained and bounds
-    its error.
-    """
-
-    def __init__(self, program: Program, ev: _Evaluator):
-        self.program = program
-        self._ev = ev
-
-    def _index(self, key):
-        if isinstance(key, str):
-            key = self.program[key]
-        if not isinstance(key, _Handle) or key.program is not self.program:
-            raise KeyError(f"{key!r} is not a value of this program")
-        return key.index
-
-    def _shape(self, v, lanes):
-        return v if lanes else v.reshape(())
-
-    def __getitem__(self, key):
-        i = self._index(key)
-        kind = self.program.instructions[i].kind
-        if kind == "scalar":
-            return self._shape(self._ev.scalars[i].value, self.program._lanes[i])
-        if kind == "vector":
-            return ZVector(self, i)
-        raise KeyError(f"{self.program.instructions[i].name!r} is a matrix")
-
-    def estimate(self, key) -> Estimate:
-        """The :class:`Estimate` (value, error bound, method) of a scalar."""
-        i = self._index(key)
-        if self.program.instructions[i].kind != "scalar":
-            raise KeyError("estimate() takes a scalar; use kernel_estimate for vectors")
-        est = self._ev.scalars[i]
-        lanes = self.program._lanes[i]
-        return Estimate(
-            self._shape(est.value, lanes), self._shape(est.error, lanes), est.method
-        )
-
-    def kernel_estimate(self, x, y=None) -> Estimate:
-        """``lim <x_a, y_b> / n = E[Z^x_a Z^y_b]`` with its error and method."""
-        y = x if y is None else y
-        ix, iy = self._index(x), self._index(y)
-        for i in (ix, iy):
-            if self.program.instructions[i].kind != "vector":
-                raise KeyError(f"{self.program.instructions[i].name!r} is not a vector")
-        if self.program._ratio[ix] != self.program._ratio[iy]:
-            raise ValueError("the kernel needs two vectors of the same width")
-        return self._ev.kernel(self._ev.Z[ix], self._ev.Z[iy])
-
-    def kernel(self, x, y=None) -> torch.Tensor:
-        """``E[Z^x_a Z^y_b]``: shape ``(Lx, Ly)`` (``(1, 1)`` for shared vectors)."""
-        return self.kernel_estimate(x, y).value
-
-    def __repr__(self):
-        return f"LimitResult({len(self.program)} instructions)"
-
-
-def limit(
-    program: Program, *, tol: float = 1e-10, mc_samples: int = 2**17, seed: int = 0
-) -> LimitResult:
-    """Evaluate the infinite-width limit of ``program`` by the Master Theorem.
-
-    Args:
-        program: the Tensor Program.
-        tol: target absolute accuracy of quadratures.
-        mc_samples: samples of the Monte Carlo integrals (high-dimensional cases).
-        seed: seed of the Monte Carlo integrals.
-
-    Returns:
-        A :class:`LimitResult`.
-    """
-    if not isinstance(program, Program):
-        raise TypeError(f"expected a Program, got {type(program).__name__}")
-    return LimitResult(program, _Evaluator(program, tol, mc_samples, seed).run())
