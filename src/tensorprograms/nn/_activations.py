@@ -43,6 +43,8 @@ _PSD_SLACK = 1e-6
 class _Activation(Layer):
     """A coordinatewise nonlinearity: position-wise, shape-preserving."""
 
+    _variance_only_ok = True
+
     def out_shape(self, in_shape):
         return tuple(in_shape)
 

@@ -62,7 +62,12 @@ class Serial(Layer):
     def _whole_batch(self):
         return any(layer._whole_batch() for layer in self.layers)
 
-    def _from_input(self, x1, x2, in_full, out_full):
+    def _caches_variances(self):
+        return bool(self.layers) and all(
+            type(layer)._variance_only_ok for layer in self.layers
+        )
+
+    def _from_input(self, x1, x2, in_full, out_full, cache=None):
         if not self.layers:
             return super()._from_input(x1, x2, in_full, out_full)
         modes = self._modes(out_full)
@@ -70,9 +75,20 @@ class Serial(Layer):
             s = self.layers[0]._from_input(x1, x2, modes[0], modes[1])
         except ValueError as e:
             raise ValueError(f"{_name(0, self.layers[0])}: {e}") from None
-        return self._step(s, out_full, start=1)
+        s = self._cached(s, cache, 0)
+        return self._step(s, out_full, start=1, cache=cache)
 
-    def _step(self, s: _State, out_full: bool, start: int = 0) -> _State:
+    @staticmethod
+    def _cached(s: _State, cache, i: int) -> _State:
+        """Record (diagonal tile) or replay (cross tile) the variances after layer i."""
+        if cache is None:
+            return s
+        if len(cache) == 1:
+            cache[0].append(s.variances()[0])
+            return s
+        return s.replace(cov1=cache[0][i], cov2=cache[1][i], variance_only=True)
+
+    def _step(self, s: _State, out_full: bool, start: int = 0, cache=None) -> _State:
         modes = self._modes(out_full)
         for i, layer in enumerate(self.layers):
             if i < start:
@@ -81,6 +97,7 @@ class Serial(Layer):
                 s = layer._step(s, modes[i + 1])
             except ValueError as e:
                 raise ValueError(f"{_name(i, layer)}: {e}") from None
+            s = self._cached(s, cache, i)
             if not (torch.isfinite(s.nngp.sum()) and torch.isfinite(s.ntk.sum())):
                 raise ValueError(
                     f"{_name(i, layer)}: the kernel has non-finite entries (overflow "

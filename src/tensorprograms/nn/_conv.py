@@ -142,6 +142,8 @@ class Conv(Layer):
 [0.3333333333333333, 0.6666666666666666, 0.6666666666666666]]
     """
 
+    _variance_only_ok = True
+
     parametric = True
 
     def __init__(
@@ -320,6 +322,8 @@ class AvgPool(Layer):
         [0.0]
     """
 
+    _variance_only_ok = True
+
     def __init__(self, window_shape, strides=None, padding: str = "VALID"):
         self.window_shape = _tuple(window_shape, None, "window_shape", "AvgPool")
         nd = len(self.window_shape)
@@ -381,6 +385,8 @@ class GlobalAvgPool(Layer):
         4.0
     """
 
+    _variance_only_ok = True
+
     def out_shape(self, in_shape):
         if len(in_shape) < 2:
             raise ValueError(
@@ -430,6 +436,8 @@ class Flatten(Layer):
         >>> float(nn.Flatten().kernel(x).nngp)  # (1 + 9) / 2
         5.0
     """
+
+    _variance_only_ok = True
 
     def out_shape(self, in_shape):
         return (math.prod(in_shape),)

@@ -84,6 +84,8 @@ class Dense(Layer):
         [[0.5, 0.5], [0.5, 1.0]]
     """
 
+    _variance_only_ok = True
+
     parametric = True
 
     def __init__(

@@ -72,6 +72,9 @@ class _State:
             independent of every earlier layer's units in the limit (outputs of a
             fresh weight matrix, and linear maps or normalisations of them); False
             for the inputs themselves and after nonlinearities.
+        variance_only: cov1 and cov2 hold only the variances (B, *S), read from the
+            diagonal tiles of the same kernel (cross tiles of K(x, x) skip the self
+            covariances, which those tiles already computed).
     """
 
     nngp: torch.Tensor
@@ -82,6 +85,7 @@ class _State:
     full: bool
     channels: int
     gaussian: bool
+    variance_only: bool = False
 
     def replace(self, **changes) -> _State:
         return dataclasses.replace(self, **changes)
@@ -93,6 +97,8 @@ class _State:
 
     def covs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Self covariances of both sides, (B, *S, *S) or (B, *S)."""
+        if self.variance_only:
+            raise RuntimeError("self covariances were replaced by cached variances")
         if self.cov1 is None:
             d = torch.diagonal(self.nngp, dim1=0, dim2=1).movedim(-1, 0)
             return d, d
@@ -107,10 +113,14 @@ class _State:
         """
         if self.cov1 is None:
             return None, None
+        if self.variance_only:  # the caller substitutes cached values afterwards
+            return self.cov1, self.cov2
         return fn(self.cov1, 1), fn(self.cov2, 1)
 
     def variances(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-position variances q1 (B1, *S) and q2 (B2, *S)."""
+        if self.variance_only:
+            return self.cov1, self.cov2
         c1, c2 = self.covs()
         return _diag(c1, self.spatial, self.full), _diag(c2, self.spatial, self.full)
 

@@ -40,6 +40,8 @@ class LayerNorm(Layer):
         [1.0, 0.707106781, 0.707106781, 1.0]
     """
 
+    _variance_only_ok = True
+
     def __init__(self, axis: int = -1, eps: float = 1e-12):
         if axis != -1:
             raise ValueError(
