@@ -227,3 +227,24 @@ def test_bad_grid_and_parametrization_are_reported():
     with pytest.raises(ValueError, match="task must be one of"):
         _tasks.get_task("cifar")
     assert _sweep.DEFAULT_STORAGE.startswith("sqlite:///")
+
+
+def test_a_larger_grid_extends_the_study(tmp_path):
+    # a second sweep with more learning rates and another string value reuses
+    # the finished points and runs only the new ones
+    storage = f"sqlite:///{tmp_path}/e.db"
+    calls = []
+
+    def objective(point, heartbeat):
+        calls.append(point["lr"])
+        return point["lr"] ** 2
+
+    grid = [{"p": "mup", "lr": v} for v in (-2.0, -1.0)]
+    run_grid(objective, grid, storage=storage, study_name="e", show_progress=False)
+    grid += [{"p": "sp", "lr": v} for v in (-3.0, -2.0, -1.0)]
+    study = run_grid(
+        objective, grid, storage=storage, study_name="e", show_progress=False
+    )
+    assert calls == [-2.0, -1.0, -3.0, -2.0, -1.0]
+    points = sorted((_sweep.point_of(t)["p"], t.params["lr"]) for t in study.trials)
+    assert points == sorted((g["p"], g["lr"]) for g in grid)

@@ -3,12 +3,13 @@
 import json
 
 import pytest
+import torch
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("sklearn")
 
 from tensorprograms.mup._cli import main  # noqa: E402
-from tensorprograms.mup._coord import builtin_coord_check  # noqa: E402
+from tensorprograms.mup._coord import builtin_coord_check, coord_check  # noqa: E402
 from tensorprograms.mup._sweep import transfer_sweep  # noqa: E402
 from tensorprograms.mup._tasks import get_task, stdlib_text, train  # noqa: E402
 
@@ -38,13 +39,36 @@ def test_width_transfer_mlp_adam():
 
 
 def test_builtin_coord_checks_flag_sp_output_and_attention_logits():
-    for task, widths in (("mlp", (64, 256, 1024)), ("transformer", (32, 64, 128))):
-        mup = builtin_coord_check(task, "mup", widths, steps=3, seeds=(0,))
-        sp = builtin_coord_check(task, "sp", widths, steps=3, seeds=(0,))
-        assert mup.passed, mup.table()
-        assert "output" in sp.failing and "readout" in sp.failing, sp.table()
-        if task == "transformer":
-            assert {"blocks.0.attn.logits", "blocks.1.attn.logits"} <= set(sp.failing)
+    mup = builtin_coord_check("mlp", "mup", (64, 256, 1024), steps=3, seeds=(0,))
+    sp = builtin_coord_check("mlp", "sp", (64, 256, 1024), steps=3, seeds=(0,))
+    assert mup.passed, mup.table()
+    assert {"output", "readout", "hidden.0"} <= set(sp.failing), sp.table()
+    assert "input" not in sp.failing
+
+    # the GPT-style model on synthetic tokens (uniform over the vocabulary)
+    task = get_task("transformer")
+    vocab = task.eval_batch[0].max().item() + 1
+
+    def tokens(seed):
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            x = torch.randint(0, vocab, (16, 32), generator=g)
+            yield x, torch.roll(x, -1, dims=1)
+
+    for p in ("mup", "sp"):
+        r = coord_check(
+            lambda n, p=p: task.build(n, 2, p),
+            lambda m, p=p: task.optimizer(m, 2.0**-8, p),
+            (32, 64, 128),
+            tokens,
+            steps=3,
+            seeds=(0,),
+        )
+        logits = {"blocks.0.attn.logits", "blocks.1.attn.logits"}
+        if p == "mup":
+            assert r.passed, r.table()
+        else:
+            assert logits | {"output"} <= set(r.failing), r.table()
 
 
 def test_tasks_build_and_train():
@@ -67,9 +91,11 @@ def test_cli_coord_check_and_transfer(tmp_path, capsys):
     assert (tmp_path / "coord_check_mlp.png").exists()
     argv = ["transfer", "--widths", "16,32", "--lrs=-8:-6", "--steps", "3"]
     argv += ["--storage", f"sqlite:///{tmp_path}/t.db", "--out", str(tmp_path)]
+    argv += ["--target-width", "4096"]
     assert main([*argv, "--no-progress"]) == 0
-    hps = json.loads((tmp_path / "hparams.json").read_text())
-    assert hps["parametrization"] == "mup" and hps["target"]["width"] == 32
+    hps = json.loads((tmp_path / "hparams_mlp.json").read_text())
+    assert hps["parametrization"] == "mup" and hps["target"]["width"] == 4096
+    assert hps["proxy"]["width"] == 16
     assert (tmp_path / "transfer_mlp.png").exists()
     assert main(["audit", "--width", "64"]) == 0
     out = capsys.readouterr().out

@@ -6,7 +6,8 @@ transfer sweep stored in an Optuna study (resumable; many workers may share a
 database URL). ``tensorprograms audit``: the audit table of a built-in model.
 
 Wire into an ``argparse`` CLI with :func:`add_subcommands`; every subcommand
-sets ``func`` to a handler ``func(args) -> int`` (the exit status).
+sets ``handler`` (and ``func``, the same) to ``handler(args) -> int``, the exit
+status.
 """
 
 from __future__ import annotations
@@ -60,10 +61,15 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--depth", type=int, default=None)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--seeds", type=_ints, default=(0, 1))
-    p.add_argument("--log2-lr", type=float, default=-8.0)
+    p.add_argument(
+        "--log2-lr",
+        type=float,
+        default=None,
+        help="default: the task's, near muP's optimum",
+    )
     p.add_argument("--tol", type=float, default=0.25)
     p.add_argument("--out", type=Path, default=Path("figures"))
-    p.set_defaults(func=run_coord_check)
+    p.set_defaults(func=run_coord_check, handler=run_coord_check)
 
     p = subparsers.add_parser(
         "transfer",
@@ -90,16 +96,20 @@ def add_subcommands(subparsers) -> None:
         default="grid",
         help="grid over --lrs, or an Optuna sampler in --lr-range",
     )
-    p.add_argument("--lr-range", type=_lrs, default=(-14.0, -4.0))
+    p.add_argument(
+        "--lr-range", type=_lrs, default=(-14.0, -4.0), help="e.g. --lr-range=-14:-4"
+    )
     p.add_argument("--n-trials", type=int, default=None)
     p.add_argument("--seeds", type=_ints, default=(0,))
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--storage", default="sqlite:///transfer.db")
     p.add_argument("--study-name", default=None)
     p.add_argument("--out", type=Path, default=Path("figures"))
+    p.add_argument("--target-width", type=int, default=None)
+    p.add_argument("--target-depth", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-wait", action="store_true", help="do not wait for others")
-    p.set_defaults(func=run_transfer)
+    p.set_defaults(func=run_transfer, handler=run_transfer)
 
     p = subparsers.add_parser(
         "audit",
@@ -110,7 +120,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--task", choices=TASKS, default="mlp")
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--parametrization", choices=("mup", "sp"), default="mup")
-    p.set_defaults(func=run_audit)
+    p.set_defaults(func=run_audit, handler=run_audit)
 
 
 def run_coord_check(args) -> int:
@@ -150,7 +160,7 @@ def run_transfer(args) -> int:
         lrs = optuna.samplers.TPESampler(seed=0)
     elif args.sampler == "random":
         lrs = optuna.samplers.RandomSampler(seed=0)
-    if args.sampler != "grid" and len(args.lr_range) != 2:
+    if args.sampler != "grid" and len(args.lr_range) < 2:
         raise SystemExit("--lr-range must be LO:HI for a sampler")
     result = transfer_sweep(
         args.task,
@@ -167,6 +177,8 @@ def run_transfer(args) -> int:
         wait=not args.no_wait,
         show_progress=not args.no_progress,
         out=args.out,
+        target_width=args.target_width,
+        target_depth=args.target_depth,
     )
     print(result.summary())
     print(f"figure and chosen HPs in {args.out}/")

@@ -163,10 +163,12 @@ class CoordCheckResult:
 
     def verdicts(self) -> dict[str, str]:
         """Per layer: ``"grows"`` if a slope of ``mean |h_t|`` (any step) or of
-        ``mean |h_t - h_0|`` (steps >= 1) exceeds ``tol``; else ``"vanishes"``
-        if the change after training has slope below ``-tol`` at every step
-        (the layer does not learn features at large width: kernel regime);
-        else ``"ok"``."""
+        ``mean |h_t - h_0|`` (steps >= 1) exceeds ``tol``; else ``"shrinks"``
+        if the change after training has slope below ``-tol`` at every step,
+        which does not fail the check: the layer does not learn features at
+        large width (kernel regime), or, after a few steps, its learned part has
+        not yet overtaken a random part that vanishes with width (muP's
+        readout and attention logits at init); else ``"ok"``."""
         act, delta = self.slopes("act"), self.slopes("delta")[1:]
         out = {}
         for j, layer in enumerate(self.layers):
@@ -175,7 +177,7 @@ class CoordCheckResult:
             if worst > self.tol:
                 out[layer] = "grows"
             elif trained.size and np.all(trained < -self.tol):
-                out[layer] = "vanishes"
+                out[layer] = "shrinks"
             else:
                 out[layer] = "ok"
         return out
@@ -237,8 +239,10 @@ def plot_coord_checks(
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib import ticker
+    from matplotlib.lines import Line2D
 
     rows = [(k, q) for k in results for q in quantities]
+    legend: dict = {}
     ncols = max(r.steps + 1 for r in results.values())
     fig, axes = plt.subplots(
         len(rows), ncols, figsize=(2.6 * ncols, 2.4 * len(rows)), squeeze=False
@@ -267,7 +271,7 @@ def plot_coord_checks(
                     color=cmap(j % ncolor if ncolor == 10 else j / ncolor),
                     lw=2.4 if bad else 1,
                     ls="-" if bad else "--",
-                    label=layer + (" (grows)" if bad else ""),
+                    label=layer,
                 )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
@@ -282,8 +286,20 @@ def plot_coord_checks(
                 ax.set_ylabel(label, fontsize=8)
             if i == len(rows) - 1:
                 ax.set_xlabel("width", fontsize=8)
-        axes[i, -1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        for j, layer in enumerate(res.layers):
+            color = cmap(j % ncolor if ncolor == 10 else j / ncolor)
+            legend.setdefault(layer, Line2D([], [], color=color, marker="o", ms=3))
+    legend["grows with width"] = Line2D([], [], color="0.3", lw=2.4)
+    legend["flat or shrinks"] = Line2D([], [], color="0.3", lw=1, ls="--")
     fig.tight_layout()
+    fig.legend(
+        list(legend.values()),
+        list(legend),
+        fontsize=7,
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        frameon=False,
+    )
     if path is not None:
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
@@ -402,7 +418,7 @@ def builtin_coord_check(
     parametrization: str = "mup",
     widths: Sequence[int] | None = None,
     *,
-    log2_lr: float = -6.0,
+    log2_lr: float | None = None,
     steps: int = 3,
     seeds: Sequence[int] = (0, 1),
     depth: int | None = None,
@@ -414,13 +430,14 @@ def builtin_coord_check(
         task: a name from :data:`tensorprograms.mup._tasks.TASKS`.
         parametrization: ``"mup"`` or ``"sp"``.
         widths: default the task's sweep widths.
-        log2_lr: Adam learning rate ``2 ** log2_lr`` (the same at every width).
+        log2_lr: Adam learning rate ``2 ** log2_lr`` (the same at every width);
+            default the task's ``coord_log2_lr``, near muP's optimum.
     """
     from ._tasks import get_task
 
     t = get_task(task)
     widths = t.widths if widths is None else widths
-    lr = 2.0**log2_lr
+    lr = 2.0 ** (t.coord_log2_lr if log2_lr is None else log2_lr)
     return coord_check(
         lambda n: t.build(n, depth, parametrization),
         lambda m: t.optimizer(m, lr, parametrization, depth),

@@ -124,30 +124,47 @@ def _new_worker() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex}
 
 
-def _distributions(points: list[dict]) -> dict:
-    from optuna.distributions import CategoricalDistribution
+def _params(point: dict) -> tuple[dict, dict]:
+    """Optuna params and distributions for a grid point's numbers.
 
-    names = sorted({k for p in points for k in p})
-    out = {}
-    for name in names:
-        values = sorted({p[name] for p in points}, key=lambda v: (str(type(v)), v))
-        out[name] = CategoricalDistribution(values)
-    return out
+    Each number gets a one-point distribution (``low = high``), so that grids
+    of different runs can share a study (Optuna refuses categorical choices
+    that change); strings are kept only in the point's key (a user attribute).
+    """
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    params, dists = {}, {}
+    for name, v in point.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, int):
+            dists[name] = IntDistribution(v, v)
+        else:
+            dists[name] = FloatDistribution(v, v)
+        params[name] = v
+    return params, dists
 
 
-def _claim(study, point: dict, key: str, worker: dict, distributions) -> int:
+def point_of(trial) -> dict | None:
+    """The grid point of a trial made by :func:`run_grid` (None otherwise)."""
+    key = trial.user_attrs.get(KEY)
+    return None if key is None else json.loads(key)
+
+
+def _claim(study, point: dict, key: str, worker: dict) -> int:
     """Create a RUNNING trial that carries ``key`` in one transaction."""
     from optuna.trial import FrozenTrial, TrialState
 
     now = time.time()
+    params, distributions = _params(point)
     template = FrozenTrial(
         number=0,
         state=TrialState.RUNNING,
         value=None,
         datetime_start=datetime.datetime.now(),
         datetime_complete=None,
-        params=dict(point),
-        distributions={k: distributions[k] for k in point},
+        params=params,
+        distributions=distributions,
         user_attrs={
             KEY: key,
             _HOST: worker["host"],
@@ -229,7 +246,6 @@ def run_grid(
     keys = [_key(p) for p in points]
     if len(set(keys)) != len(keys):
         raise ValueError("run_grid: the grid has duplicate points")
-    distributions = _distributions(points)
     study = optuna.create_study(
         storage=make_storage(storage),
         study_name=study_name,
@@ -258,7 +274,7 @@ def run_grid(
                     continue
                 break
             point, key = free[0]
-            number = _claim(study, point, key, worker, distributions)
+            number = _claim(study, point, key, worker)
             if _owner(study, key) != number:
                 _finish(study, number, None, superseded=True)
                 continue
@@ -468,7 +484,7 @@ class TransferResult:
             for s in self.sizes:
                 lines.append(
                     f"    width {s[0]:>5} depth {s[1]:>3}: best log2 lr "
-                    f"{opt[s]:+.0f}, loss at proxy-tuned lr {tl[s]:.4f}"
+                    f"{opt[s]:+.1f}, loss at proxy-tuned lr {tl[s]:.4f}"
                 )
             lines.append(
                 f"    optimum moves by {self.shift(p):.0f} octave(s): "
@@ -488,7 +504,9 @@ class TransferResult:
         import matplotlib.pyplot as plt
 
         n = len(self.parametrizations)
-        fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+        fig, axes = plt.subplots(
+            1, n, figsize=(4.2 * n, 3.4), squeeze=False, sharey=True
+        )
         cmap = plt.get_cmap("viridis")
         sizes = self.sizes
         finite = [r["loss"] for r in self.records if math.isfinite(r["loss"])]
@@ -512,13 +530,14 @@ class TransferResult:
                 best = self.optimum(p, s)
                 if math.isfinite(best):
                     ax.plot([best], [loss[lrs == best][0]], "*", ms=10, color=color)
+            name = {"mup": "muP", "sp": "SP"}.get(p, p)
             ax.set_title(
-                f"{p}: optimum moves {self.shift(p):.0f} octave(s)", fontsize=10
+                f"{name}: optimum moves {self.shift(p):.0f} octave(s)", fontsize=10
             )
             ax.set_xlabel("log2 learning rate")
             ax.set_ylim(low - 0.05 * (top - low), top)
             ax.grid(alpha=0.3)
-        axes[0, 0].set_ylabel("training loss")
+        axes[0, 0].set_ylabel("mean training loss")
         axes[0, -1].legend(fontsize=7)
         fig.suptitle(f"muTransfer on task {self.task!r}", fontsize=11)
         fig.tight_layout()
@@ -527,19 +546,21 @@ class TransferResult:
             plt.close(fig)
         return fig
 
-    def save(self, out) -> dict[str, Path]:
-        """Write ``transfer_<task>.png``, ``hparams.json`` (muP's chosen HPs)
-        and ``transfer_<task>.txt`` (the summary) into directory ``out``."""
+    def save(self, out, target_width=None, target_depth=None) -> dict[str, Path]:
+        """Write ``transfer_<task>.png``, ``hparams_<task>.json`` (muP's chosen
+        HPs for the target size, default the largest swept) and
+        ``transfer_<task>.txt`` (the summary) into directory ``out``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         paths = {
             "figure": out / f"transfer_{self.task}.png",
-            "hparams": out / "hparams.json",
+            "hparams": out / f"hparams_{self.task}.json",
             "summary": out / f"transfer_{self.task}.txt",
         }
         self.plot(paths["figure"])
         p = "mup" if "mup" in self.parametrizations else self.parametrizations[0]
-        paths["hparams"].write_text(json.dumps(self.chosen_hps(p), indent=2) + "\n")
+        hps = self.chosen_hps(p, target_width, target_depth)
+        paths["hparams"].write_text(json.dumps(hps, indent=2) + "\n")
         paths["summary"].write_text(self.summary() + "\n")
         return paths
 
@@ -580,6 +601,8 @@ def transfer_sweep(
     wait: bool = True,
     show_progress: bool = True,
     out=None,
+    target_width: int | None = None,
+    target_depth: int | None = None,
 ) -> TransferResult:
     """Learning-rate transfer sweep of a task in muP against SP (TP5, sec. 3).
 
@@ -608,6 +631,8 @@ def transfer_sweep(
             taken over.
         wait: wait for grid points held by other live workers.
         out: a directory for the figure, the chosen HPs (JSON) and summary.
+        target_width, target_depth: the model the JSON's HPs are for (default
+            the largest swept).
 
     Returns:
         a :class:`TransferResult` over all finished trials of this grid.
@@ -655,7 +680,7 @@ def transfer_sweep(
         )
         wanted = {_key(p) for p in points}
         records = [
-            {**tr.params, "loss": tr.value}
+            {**point_of(tr), "loss": tr.value}
             for tr in study.get_trials(deepcopy=False)
             if tr.state.is_finished()
             and tr.value is not None
@@ -680,7 +705,7 @@ def transfer_sweep(
         )
     result = TransferResult(t.name, tuple(records), widths, depths, parametrizations)
     if out is not None:
-        result.save(out)
+        result.save(out, target_width, target_depth)
     return result
 
 

@@ -240,10 +240,9 @@ class ResidualMLP(nn.Module):
 class ResNet(nn.Module):
     """ResNet-style convnet for 1 x 8 x 8 images.
 
-    ``conv3x3(1 -> C)``, then ``depth`` blocks
-    ``h + conv3x3(relu(conv3x3(relu(h))))`` with a 2x2 average pooling after
-    the first block, global average pooling and a readout. Channels ``C`` is
-    the width.
+    ``conv3x3(1 -> C)`` and a 2x2 average pooling (8x8 -> 4x4), then ``depth``
+    blocks ``h + conv3x3(relu(conv3x3(relu(h))))``, global average pooling and
+    a readout. Channels ``C`` is the width.
     """
 
     def __init__(
@@ -266,11 +265,9 @@ class ResNet(nn.Module):
         self.readout = _readout(width, d_out, parametrization)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stem(x.reshape(-1, 1, 8, 8))  # (batch, C, 8, 8)
-        for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
-            h = h + c2(torch.relu(c1(torch.relu(h))))  # (batch, C, s, s)
-            if i == 0:
-                h = self.pool(h)  # (batch, C, 4, 4)
+        h = self.pool(self.stem(x.reshape(-1, 1, 8, 8)))  # (batch, C, 4, 4)
+        for c1, c2 in zip(self.convs1, self.convs2):
+            h = h + c2(torch.relu(c1(torch.relu(h))))  # (batch, C, 4, 4)
         h = torch.relu(h).mean(dim=(2, 3))  # (batch, C)
         return self.readout(h)  # (batch, d_out)
 
@@ -403,6 +400,8 @@ class Task:
         widths, depths: default sweep sizes.
         log2_lrs: default Adam learning-rate grid (log2).
         steps: default number of training steps.
+        coord_log2_lr: Adam learning rate (log2) of the default coordinate
+            check: near muP's optimum on the task.
     """
 
     name: str
@@ -416,6 +415,7 @@ class Task:
     depths: tuple[int, ...]
     log2_lrs: tuple[float, ...]
     steps: int
+    coord_log2_lr: float = -6.0
 
     def build(self, width: int, depth: int | None = None, parametrization="mup"):
         """The model at ``width`` and ``depth`` with ``parametrization`` applied.
@@ -532,6 +532,7 @@ def _make_mlp() -> Task:
         depths=(2,),
         log2_lrs=tuple(float(v) for v in range(-13, -2)),
         steps=60,
+        coord_log2_lr=-5.0,
     )
 
 
@@ -556,8 +557,8 @@ def _make_resnet() -> Task:
         base_depth=2,
         widths=(16, 32, 64, 128),
         depths=(2,),
-        log2_lrs=tuple(float(v) for v in range(-14, -3)),
-        steps=100,
+        log2_lrs=tuple(float(v) for v in range(-12, -3)),
+        steps=60,
     )
 
 
@@ -573,15 +574,16 @@ def _make_transformer() -> Task:
         module=lambda w, d, p: CharTransformer(
             w, d, vocab=len(vocab), context=context, parametrization=p, base_width=32
         ),
-        batches=lambda seed: _char_batches(tokens, context, 32, seed),
+        batches=lambda seed: _char_batches(tokens, context, 16, seed),
         eval_batch=eval_batch,
         loss_fn=_cross_entropy,
         base_width=32,
         base_depth=2,
-        widths=(32, 64, 128, 256),
+        widths=(32, 64, 128),
         depths=(2,),
-        log2_lrs=tuple(float(v) for v in range(-14, -3)),
-        steps=150,
+        log2_lrs=tuple(float(v) for v in range(-12, -3)),
+        steps=100,
+        coord_log2_lr=-5.0,
     )
 
 
