@@ -142,3 +142,23 @@ def test_linear_conv_net_is_exact_at_any_width():
     # Standard error of a second moment of Gaussians: sqrt((K_aa K_bb + K_ab^2) / n).
     se = torch.sqrt((torch.outer(k.nngp.diag(), k.nngp.diag()) + k.nngp**2) / 2000)
     assert bool(((emp - k.nngp).abs() < 4 * se).all())
+
+
+def test_tiled_kernels_with_cached_variances_match_one_tile():
+    # K(x, x) in tiles: diagonal tiles record each layer's variances and the cross
+    # tiles reuse them instead of recomputing the self covariances.
+    x = _x((5, 6, 5, 2), seed=3)
+    net = nn.serial(
+        nn.Conv(1, (3, 3), padding="SAME", W_std=1.5, b_std=0.1),
+        nn.Relu(),
+        nn.AvgPool((2, 2)),
+        nn.Conv(1, (2, 2), strides=(2, 2), W_std=1.5),
+        nn.Erf(),
+        nn.GlobalAvgPool(),
+        nn.Dense(1),
+    )
+    whole = net.kernel(x)
+    for block in (1, 2):
+        tiled = net.kernel(x, block_size=block)
+        torch.testing.assert_close(tiled.nngp, whole.nngp, rtol=0, atol=1e-13)
+        torch.testing.assert_close(tiled.ntk, whole.ntk, rtol=0, atol=1e-13)

@@ -37,7 +37,7 @@ from ._conv import AvgPool, Conv, Flatten, GlobalAvgPool
 from ._dense import Dense
 from ._kernel import Kernel
 from ._layer import Layer
-from ._norm import LayerNorm
+from ._norm import BatchNorm, LayerNorm
 from ._program import MLPProgram, mlp_program, program_kernel
 from ._rnn import RNN
 from ._spec import from_spec
@@ -46,6 +46,7 @@ __all__ = [
     "ABRelu",
     "Abs",
     "AvgPool",
+    "BatchNorm",
     "Conv",
     "Dense",
     "Elementwise",

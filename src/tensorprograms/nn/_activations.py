@@ -43,6 +43,8 @@ _PSD_SLACK = 1e-6
 class _Activation(Layer):
     """A coordinatewise nonlinearity: position-wise, shape-preserving."""
 
+    _variance_only_ok = True
+
     def out_shape(self, in_shape):
         return tuple(in_shape)
 
@@ -58,6 +60,13 @@ class _Activation(Layer):
         return self._dual(q, q, q)[0]
 
     def _step(self, s: _State, out_full: bool) -> _State:
+        if not s.gaussian:
+            raise ValueError(
+                f"{type(self).__name__}: its input units are not Gaussian in the "
+                "limit (network inputs, or the output of a nonlinearity), so "
+                "E[phi(u) phi(u')] over a Gaussian would be wrong; put a Dense, Conv "
+                "or attention layer before it"
+            )
         nd = len(s.spatial)
         q1, q2 = s.variances()
         if (q1 < 0).any() or (q2 < 0).any():
@@ -77,7 +86,7 @@ class _Activation(Layer):
             return self._dual_self(cov)
 
         cov1, cov2 = s.map_covs(self_map)
-        return s.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, centred=False)
+        return s.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, gaussian=False)
 
     def _build(self, in_shape, ctx):
         return Function(self.fn, type(self).__name__), tuple(in_shape)
@@ -94,7 +103,7 @@ def _correlation(c, qa, qb, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
     """rho = c / sqrt(qa qb) clamped to [-1, 1], and qa qb; raises if |rho| > 1."""
     prod = qa * qb
     rho = c / prod.sqrt().clamp_min_(1e-300)
-    worst = float(rho.abs().max()) if rho.numel() else 0.0
+    worst = max(float(rho.amax()), -float(rho.amin())) if rho.numel() else 0.0
     if worst > 1 + _PSD_SLACK:
         raise ValueError(
             f"{layer}: the input covariance is not positive semi-definite "

@@ -17,8 +17,9 @@ and
     ntk'(x, x')  = OV_std^2 G_x (ntk + 2 nngp)(x, x') G_x'^T + b_std^2,
 
 the 2 nngp from the value and output matrices; gradients through the logits vanish
-like 1/n. With 1/sqrt(n) logits the logits stay Gaussian in the limit; that kernel
-has no closed form and is not computed here (it raises).
+like 1/n. With 1/sqrt(n) logits (independent queries and keys) the logits stay
+Gaussian in the limit; that kernel has no closed form and is estimated by Monte Carlo
+over joint draws of the logits of the whole batch (`_attention_mc`).
 """
 
 from __future__ import annotations
@@ -54,13 +55,18 @@ class GlobalSelfAttention(Layer):
         n_chan_key: key/query channels per head.
         n_chan_val: value channels per head.
         n_heads: number of heads.
-        linear_scaling: True for 1/n logits with tied queries and keys (the kernel
-            is computed); False for 1/sqrt(n) logits with independent queries (finite
-            network only: `kernel` raises).
+        linear_scaling: True for 1/n logits with tied queries and keys (closed-form
+            kernel); False for 1/sqrt(n) logits with independent queries: the kernel
+            is a Monte Carlo estimate over `mc_samples` draws of the Gaussian logits,
+            defined on one batch (``kernel(x)``), raising if its relative standard
+            error exceeds `mc_tol`; the finite network's NTK concentrates on it only
+            as both n_chan_key and n_heads grow.
         W_key_std, W_value_std, W_query_std, W_out_std: weight scales; the kernel
             depends on W_query_std W_key_std and W_out_std W_value_std.
         b_std: bias scale (None: no bias).
         attention_mechanism: "SOFTMAX", "IDENTITY", "ABS" or "RELU".
+        mc_samples, mc_seed, mc_tol: Monte Carlo draws, seed and largest relative
+            standard error for ``linear_scaling=False``.
 
     Example:
         >>> import torch
@@ -86,6 +92,9 @@ class GlobalSelfAttention(Layer):
         W_out_std: float = 1.0,
         b_std: float | None = None,
         attention_mechanism: str = "SOFTMAX",
+        mc_samples: int = 16384,
+        mc_seed: int = 0,
+        mc_tol: float = 0.05,
     ):
         name = "GlobalSelfAttention"
         for key, v in (
@@ -111,6 +120,11 @@ class GlobalSelfAttention(Layer):
                 f"{attention_mechanism!r}"
             )
         self.attention_mechanism = mech
+        self.mc_samples, self.mc_seed, self.mc_tol = (
+            int(mc_samples),
+            int(mc_seed),
+            mc_tol,
+        )
 
     def out_shape(self, in_shape):
         if len(in_shape) < 2:
@@ -123,13 +137,12 @@ class GlobalSelfAttention(Layer):
     def _in_full(self, out_full):
         return True
 
+    def _whole_batch(self):
+        return not self.linear_scaling
+
     def _step(self, s: _State, out_full: bool) -> _State:
         if not self.linear_scaling:
-            raise ValueError(
-                "GlobalSelfAttention: with linear_scaling=False (1/sqrt(n) logits) "
-                "the logits stay random in the limit and no closed-form kernel is "
-                "implemented; use linear_scaling=True"
-            )
+            return self._step_sqrt(s, out_full)
         p = math.prod(s.spatial)
         qk = self.W_query_std * self.W_key_std
         ov2 = (self.W_out_std * self.W_value_std) ** 2
@@ -161,7 +174,40 @@ class GlobalSelfAttention(Layer):
             cov1=None if s.symmetric else self_mix(cov1, g1),
             cov2=None if s.symmetric else self_mix(cov2, g2),
             channels=self.n_chan_out,
-            centred=True,
+            gaussian=True,
+        )
+        return out if out_full else out.to_diagonal()
+
+    def _step_sqrt(self, s: _State, out_full: bool) -> _State:
+        from ._attention_mc import sqrt_attention_kernel
+
+        if not s.symmetric:
+            raise ValueError(
+                "GlobalSelfAttention: with 1/sqrt(n) logits the kernel is a Monte "
+                "Carlo estimate over one batch; call kernel(x) with x2=None"
+            )
+        b, p = s.nngp.shape[0], math.prod(s.spatial)
+        nngp, ntk, rel = sqrt_attention_kernel(
+            s.nngp.reshape(b, b, p, p),
+            s.ntk.reshape(b, b, p, p),
+            self.W_query_std * self.W_key_std,
+            (self.W_out_std * self.W_value_std) ** 2,
+            0.0 if self.b_std is None else self.b_std**2,
+            self.attention_mechanism,
+            self.mc_samples,
+            self.mc_seed,
+        )
+        if rel > self.mc_tol:
+            raise ValueError(
+                f"GlobalSelfAttention: Monte Carlo relative standard error {rel:.3g} "
+                f"exceeds mc_tol={self.mc_tol}; raise mc_samples"
+            )
+        shape = (b, b, *s.spatial, *s.spatial)
+        out = s.replace(
+            nngp=nngp.reshape(shape),
+            ntk=ntk.reshape(shape),
+            channels=self.n_chan_out,
+            gaussian=True,
         )
         return out if out_full else out.to_diagonal()
 

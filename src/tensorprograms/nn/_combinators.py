@@ -59,13 +59,45 @@ class Serial(Layer):
     def _in_full(self, out_full):
         return self._modes(out_full)[0]
 
-    def _step(self, s: _State, out_full: bool) -> _State:
+    def _whole_batch(self):
+        return any(layer._whole_batch() for layer in self.layers)
+
+    def _caches_variances(self):
+        return bool(self.layers) and all(
+            type(layer)._variance_only_ok for layer in self.layers
+        )
+
+    def _from_input(self, x1, x2, in_full, out_full, cache=None):
+        if not self.layers:
+            return super()._from_input(x1, x2, in_full, out_full)
+        modes = self._modes(out_full)
+        try:
+            s = self.layers[0]._from_input(x1, x2, modes[0], modes[1])
+        except ValueError as e:
+            raise ValueError(f"{_name(0, self.layers[0])}: {e}") from None
+        s = self._cached(s, cache, 0)
+        return self._step(s, out_full, start=1, cache=cache)
+
+    @staticmethod
+    def _cached(s: _State, cache, i: int) -> _State:
+        """Record (diagonal tile) or replay (cross tile) the variances after layer i."""
+        if cache is None:
+            return s
+        if len(cache) == 1:
+            cache[0].append(s.variances()[0])
+            return s
+        return s.replace(cov1=cache[0][i], cov2=cache[1][i], variance_only=True)
+
+    def _step(self, s: _State, out_full: bool, start: int = 0, cache=None) -> _State:
         modes = self._modes(out_full)
         for i, layer in enumerate(self.layers):
+            if i < start:
+                continue
             try:
                 s = layer._step(s, modes[i + 1])
             except ValueError as e:
                 raise ValueError(f"{_name(i, layer)}: {e}") from None
+            s = self._cached(s, cache, i)
             if not (torch.isfinite(s.nngp.sum()) and torch.isfinite(s.ntk.sum())):
                 raise ValueError(
                     f"{_name(i, layer)}: the kernel has non-finite entries (overflow "
@@ -144,6 +176,9 @@ class Parallel(Layer):
     def _in_full(self, out_full):
         return any(layer._in_full(out_full) for layer in self.layers)
 
+    def _whole_batch(self):
+        return any(layer._whole_batch() for layer in self.layers)
+
     def _step(self, s: _State, out_full: bool) -> _State:
         outs = []
         for i, layer in enumerate(self.layers):
@@ -166,7 +201,7 @@ class Parallel(Layer):
             cov1=cov1,
             cov2=cov2,
             channels=total,
-            centred=all(o.centred for o in outs),
+            gaussian=all(o.gaussian for o in outs),
         )
 
     def _build(self, in_shape, ctx):
@@ -250,6 +285,9 @@ class Residual(Layer):
     def _in_full(self, out_full):
         return out_full or self.block._in_full(out_full)
 
+    def _whole_batch(self):
+        return self.block._whole_batch()
+
     def _step(self, s: _State, out_full: bool) -> _State:
         if self.block._readout() is None:
             raise ValueError(
@@ -260,7 +298,7 @@ class Residual(Layer):
             b = self.block._step(s, out_full)
         except ValueError as e:
             raise ValueError(f"block: {e}") from None
-        if not (s.centred or b.centred):
+        if not (s.gaussian or b.gaussian):
             raise ValueError(
                 "Residual: neither x nor block(x) has mean zero, so the limit has "
                 "cross terms E[x] E[block(x')]; end the block with Dense/Conv"
@@ -273,7 +311,7 @@ class Residual(Layer):
             ntk=x.ntk + m2 * b.ntk,
             cov1=None if s.symmetric else x.cov1 + m2 * b.cov1,
             cov2=None if s.symmetric else x.cov2 + m2 * b.cov2,
-            centred=s.centred and b.centred,
+            gaussian=s.gaussian and b.gaussian,
         )
 
     def _build(self, in_shape, ctx: _BuildContext):

@@ -59,21 +59,35 @@ def _geometry(n: int, k: int, s: int, padding: str, layer: str) -> tuple[int, in
 def _window_mean(
     k: torch.Tensor, axes: tuple[int, ...], size: int, stride: int, geom
 ) -> torch.Tensor:
-    """(1/size) sum_o k[..., s i + o - p, ...] along `axes` jointly (same o on all)."""
-    out, lo, hi = geom
-    if lo or hi:
-        pad = [0, 0] * k.ndim
-        for a in axes:
-            pad[2 * (k.ndim - 1 - a)] = lo
-            pad[2 * (k.ndim - 1 - a) + 1] = hi
-        k = F.pad(k, pad)
+    """(1/size) sum_o k[..., s i + o - p, ...] along `axes` jointly (same o on all),
+    zeros outside the input (SAME padding), without materialising the padding."""
+    out, lo, _ = geom
+    n = k.shape[axes[0]]
+    shape = list(k.shape)
+    for a in axes:
+        shape[a] = out
     acc = None
     for o in range(size):
-        idx = [slice(None)] * k.ndim
+        # Outputs i whose input position s i + o - lo lies inside [0, n).
+        first = max(0, -(-(lo - o) // stride))
+        last = min(out - 1, (n - 1 + lo - o) // stride)
+        if last < first:
+            continue
+        src = [slice(None)] * k.ndim
+        dst = [slice(None)] * k.ndim
+        start = stride * first + o - lo
         for a in axes:
-            idx[a] = slice(o, o + stride * (out - 1) + 1, stride)
-        term = k[tuple(idx)]
-        acc = term.clone() if acc is None else acc.add_(term)
+            src[a] = slice(start, start + stride * (last - first) + 1, stride)
+            dst[a] = slice(first, last + 1)
+        term = k[tuple(src)]
+        if acc is None:
+            if first == 0 and last == out - 1:
+                acc = term.clone()
+                continue
+            acc = k.new_zeros(shape)
+        acc[tuple(dst)] += term
+    if acc is None:
+        acc = k.new_zeros(shape)
     return acc.div_(size)
 
 
@@ -127,6 +141,8 @@ class Conv(Layer):
 [0.6666666666666666, 1.0, 0.6666666666666666], \
 [0.3333333333333333, 0.6666666666666666, 0.6666666666666666]]
     """
+
+    _variance_only_ok = True
 
     parametric = True
 
@@ -186,9 +202,71 @@ class Conv(Layer):
             cov2=cov2,
             spatial=tuple(g[0] for g in geoms),
             channels=self.out_chan,
-            centred=True,
+            gaussian=True,
         )
         return out if out_full else out.to_diagonal()
+
+    def _from_input(self, x1, x2, in_full, out_full):
+        """First layer: nngp = W_std^2 <P_i, P'_j> / (C k) + b_std^2 from the input
+        patches P (zero padded), one matrix product instead of a spatial sum."""
+        spatial = tuple(x1.shape[1:-1])
+        geoms = self._geoms(spatial)
+        out_spatial = tuple(g[0] for g in geoms)
+        fan_in = x1.shape[-1] * math.prod(self.filter_shape)
+        nd = len(spatial)
+
+        def patches(x):  # (B, *S_out, C k)
+            pad = [0, 0] + [p for g in reversed(geoms) for p in g[1:]]
+            x = F.pad(x, pad)
+            for t in range(nd):
+                x = x.unfold(1 + t, self.filter_shape[t], self.strides[t])
+            return x.reshape(x.shape[0], -1, fan_in)
+
+        pa = patches(x1)
+        pb = pa if x2 is None else patches(x2)
+        b1, b2 = pa.shape[0], pb.shape[0]
+        if out_full:
+            unscaled = torch.einsum("aic,bjc->abij", pa, pb).reshape(
+                b1, b2, *out_spatial, *out_spatial
+            )
+        else:
+            unscaled = torch.einsum("aic,bic->abi", pa, pb).reshape(
+                b1, b2, *out_spatial
+            )
+        unscaled = unscaled.div_(fan_in)
+        state = _State(
+            nngp=unscaled,
+            ntk=torch.zeros((), dtype=unscaled.dtype, device=unscaled.device),
+            cov1=None,
+            cov2=None,
+            spatial=out_spatial,
+            full=out_full,
+            channels=x1.shape[-1],
+            gaussian=False,
+        )
+        nngp, ntk = affine_kernel(
+            state, self.W_std, self.b_std, self.parametrization, fan_in
+        )
+        b2_ = 0.0 if self.b_std is None else self.b_std**2
+        cov1 = cov2 = None
+        if x2 is not None:
+            eq = "aic,ajc->aij" if out_full else "aic,aic->ai"
+            shape = (*out_spatial, *out_spatial) if out_full else out_spatial
+            cov1, cov2 = (
+                self.W_std**2
+                * torch.einsum(eq, p, p).reshape(p.shape[0], *shape)
+                / fan_in
+                + b2_
+                for p in (pa, pb)
+            )
+        return state.replace(
+            nngp=nngp,
+            ntk=ntk.expand_as(nngp).clone() if ntk.shape != nngp.shape else ntk,
+            cov1=cov1,
+            cov2=cov2,
+            channels=self.out_chan,
+            gaussian=True,
+        )
 
     def _build(self, in_shape, ctx: _BuildContext):
         n_out = ctx.size(self, self.out_chan)
@@ -243,6 +321,8 @@ class AvgPool(Layer):
         >>> nn.AvgPool((2,)).kernel(x).nngp.flatten().tolist()  # mean of +1, -1
         [0.0]
     """
+
+    _variance_only_ok = True
 
     def __init__(self, window_shape, strides=None, padding: str = "VALID"):
         self.window_shape = _tuple(window_shape, None, "window_shape", "AvgPool")
@@ -305,6 +385,8 @@ class GlobalAvgPool(Layer):
         4.0
     """
 
+    _variance_only_ok = True
+
     def out_shape(self, in_shape):
         if len(in_shape) < 2:
             raise ValueError(
@@ -354,6 +436,8 @@ class Flatten(Layer):
         >>> float(nn.Flatten().kernel(x).nngp)  # (1 + 9) / 2
         5.0
     """
+
+    _variance_only_ok = True
 
     def out_shape(self, in_shape):
         return (math.prod(in_shape),)

@@ -84,6 +84,8 @@ class Dense(Layer):
         [[0.5, 0.5], [0.5, 1.0]]
     """
 
+    _variance_only_ok = True
+
     parametric = True
 
     def __init__(
@@ -119,7 +121,7 @@ class Dense(Layer):
             cov1=cov1,
             cov2=cov2,
             channels=self.out_dim,
-            centred=True,
+            gaussian=True,
         )
         return s if out_full else s.to_diagonal()
 

@@ -68,8 +68,13 @@ class _State:
         full: full (True) or diagonal (False) spatial mode; False when S is empty.
         channels: declared channel count of the layer (the width a finite network of
             the same declaration has; the standard parametrization's NTK needs it).
-        centred: True when the units have mean zero and are independent of every
-            earlier layer's units in the limit (output of a fresh weight matrix).
+        gaussian: True when the units are jointly Gaussian with mean zero and
+            independent of every earlier layer's units in the limit (outputs of a
+            fresh weight matrix, and linear maps or normalisations of them); False
+            for the inputs themselves and after nonlinearities.
+        variance_only: cov1 and cov2 hold only the variances (B, *S), read from the
+            diagonal tiles of the same kernel (cross tiles of K(x, x) skip the self
+            covariances, which those tiles already computed).
     """
 
     nngp: torch.Tensor
@@ -79,7 +84,8 @@ class _State:
     spatial: tuple[int, ...]
     full: bool
     channels: int
-    centred: bool
+    gaussian: bool
+    variance_only: bool = False
 
     def replace(self, **changes) -> _State:
         return dataclasses.replace(self, **changes)
@@ -91,6 +97,8 @@ class _State:
 
     def covs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Self covariances of both sides, (B, *S, *S) or (B, *S)."""
+        if self.variance_only:
+            raise RuntimeError("self covariances were replaced by cached variances")
         if self.cov1 is None:
             d = torch.diagonal(self.nngp, dim1=0, dim2=1).movedim(-1, 0)
             return d, d
@@ -105,10 +113,14 @@ class _State:
         """
         if self.cov1 is None:
             return None, None
+        if self.variance_only:  # the caller substitutes cached values afterwards
+            return self.cov1, self.cov2
         return fn(self.cov1, 1), fn(self.cov2, 1)
 
     def variances(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-position variances q1 (B1, *S) and q2 (B2, *S)."""
+        if self.variance_only:
+            return self.cov1, self.cov2
         c1, c2 = self.covs()
         return _diag(c1, self.spatial, self.full), _diag(c2, self.spatial, self.full)
 
@@ -218,5 +230,5 @@ def input_state(x1: torch.Tensor, x2: torch.Tensor | None, full: bool) -> _State
         spatial=spatial,
         full=full,
         channels=chans,
-        centred=False,
+        gaussian=False,
     )

@@ -25,9 +25,10 @@ from ._kernel import Kernel, _State, input_state
 
 __all__ = ["Layer"]
 
-# Entries of one nngp tile (float64): 2**22 entries are 32 MiB per tensor, so the
-# dozen temporaries of a nonlinearity stay well under a gigabyte.
-_TILE_ENTRIES = 2**22
+# Entries of one nngp tile (float64): 2**20 entries are 8 MiB per tensor, so the
+# dozen temporaries of a nonlinearity stay near 100 MiB, and tensors stay below the
+# size that the C allocator always maps afresh (page faults on every temporary).
+_TILE_ENTRIES = 2**20
 
 
 @dataclasses.dataclass
@@ -66,6 +67,9 @@ class Layer:
     """
 
     parametric = False
+    # True for layers whose rule reads only the input variances (not the full self
+    # covariances): cross tiles may then reuse variances cached from diagonal tiles.
+    _variance_only_ok = False
 
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         raise NotImplementedError
@@ -80,6 +84,29 @@ class Layer:
         self, in_shape: tuple[int, ...], ctx: _BuildContext
     ) -> tuple[torch.nn.Module, tuple[int, ...]]:
         raise NotImplementedError
+
+    def _from_input(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor | None,
+        in_full: bool,
+        out_full: bool,
+        cache: tuple | None = None,
+    ) -> _State:
+        """`_step` applied to the inputs' kernel; layers may fuse the two.
+
+        `cache`: (record,) to record per-layer output variances of a diagonal tile,
+        or (vars1, vars2) to replay them in a cross tile (only `Serial` uses it).
+        """
+        return self._step(input_state(x1, x2, in_full), out_full)
+
+    def _caches_variances(self) -> bool:
+        """Whether `_from_input` can record and replay per-layer variances."""
+        return False
+
+    def _whole_batch(self) -> bool:
+        """True when the kernel couples all inputs of a batch (batch norm)."""
+        return False
 
     def _readout(self) -> Layer | None:
         """The last parametric layer (the one that keeps its size when sampled)."""
@@ -139,6 +166,13 @@ class Layer:
 
         n1 = x1.shape[0]
         n2 = n1 if x2 is None else x2.shape[0]
+        if self._whole_batch():
+            if x2 is not None:
+                raise ValueError(
+                    "the network normalises over the batch (BatchNorm): its kernel is "
+                    "defined on one batch, call kernel(x) with x2=None"
+                )
+            block_size = n1
         if block_size is None:
             per_pair = math.prod(in_shape[:-1]) ** (2 if in_full else 1)
             block_size = max(1, math.isqrt(max(1, _TILE_ENTRIES // per_pair)))
@@ -151,12 +185,28 @@ class Layer:
         ntk = torch.empty_like(nngp)
         nd = len(out_spatial)
         swap = (1, 0, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))
+        # K(x, x) with full spatial covariances: diagonal tiles first, keeping each
+        # layer's output variances, so cross tiles need not redo self covariances.
+        caching = x2 is None and in_full and n1 > b and self._caches_variances()
+        records = {}
+        for i in range(0, n1, b) if caching else ():
+            records[i] = []
+            s = self._from_input(x1[i : i + b], None, in_full, out_full, (records[i],))
+            _check_finite(s, self)
+            nngp[i : i + b, i : i + b] = s.nngp
+            ntk[i : i + b, i : i + b] = s.ntk
         for i in range(0, n1, b):
             xa = x1[i : i + b]
             for j in range(i if x2 is None else 0, n2, b):
                 same = x2 is None and i == j
+                if same and caching:
+                    continue
                 xb = None if same else (x1 if x2 is None else x2)[j : j + b]
-                s = self._step(input_state(xa, xb, in_full), out_full)
+                if caching:
+                    cache = (records[i], records[j])
+                    s = self._from_input(xa, xb, in_full, out_full, cache)
+                else:
+                    s = self._from_input(xa, xb, in_full, out_full)
                 if out_full and not s.full:
                     raise RuntimeError(
                         "a layer returned a diagonal state; please report"

@@ -154,7 +154,7 @@ class RNN(Layer):
             spatial=(),
             full=False,
             channels=self.out_dim,
-            centred=False,
+            gaussian=False,
         )
 
     @staticmethod
