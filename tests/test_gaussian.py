@@ -375,7 +375,7 @@ def test_mehler_series_for_smooth_pairs(name):
         "sin*tanh": (nl.sin, nl.tanh),
     }[name]
     rhos = [-1.0, -0.6, 0.0, 0.3, 0.9, 0.999, 1.0]
-    q1 = torch.tensor([0.5, 1.0, 3.0] * len(rhos), dtype=torch.float64)
+    q1 = torch.tensor([0.5, 1.0, 6.0] * len(rhos), dtype=torch.float64)
     q2 = torch.tensor([2.0, 1.0, 0.7] * len(rhos), dtype=torch.float64)
     rho = torch.tensor([r for r in rhos for _ in range(3)], dtype=torch.float64)
     c = rho * (q1 * q2).sqrt()

@@ -713,14 +713,33 @@ def bivariate(phi: Any, psi: Any, q1: Any, q2: Any, c: Any, **options) -> Estima
 
 
 _MEHLER_TERMS = 320  # most Hermite terms of the Mehler series
-_MEHLER_NODES = (400, 500)  # two 1-D Gauss-Hermite orders: their gap is the error
+_MEHLER_NODES = (
+    1600,
+    2400,
+)  # two composite Gauss-Legendre rules: their gap is the error
+_MEHLER_HALF_WIDTH = 48.0  # Hermite functions of degree <= 320 vanish beyond |z| ~ 37
 
 
-def _hermite_table(x: Tensor, K: int) -> Tensor:
-    """Normalised probabilists' Hermite polynomials He_k(x) / sqrt(k!), (K+1, M)."""
-    h = [torch.ones_like(x), x.clone()]
+def _legendre_rule(n: int) -> tuple[Tensor, Tensor]:
+    """Composite Gauss-Legendre nodes and weights on [-H, H] (16 nodes a panel)."""
+    import numpy as np
+
+    x, w = np.polynomial.legendre.leggauss(16)
+    panels = n // 16
+    edges = np.linspace(-_MEHLER_HALF_WIDTH, _MEHLER_HALF_WIDTH, panels + 1)
+    half = (edges[1:] - edges[:-1])[:, None] / 2
+    mid = (edges[1:] + edges[:-1])[:, None] / 2
+    nodes = (mid + half * x[None, :]).reshape(-1)
+    weights = (half * w[None, :]).reshape(-1)
+    return torch.from_numpy(nodes), torch.from_numpy(weights)
+
+
+def _hermite_functions(z: Tensor, K: int) -> Tensor:
+    """psi_k(z) = He_k(z) / sqrt(k!) * sqrt(N(z; 0, 1)), k <= K: (K+1, M), bounded."""
+    h = [torch.exp(-(z**2) / 4) / (2 * math.pi) ** 0.25]
+    h.append(z * h[0])
     for k in range(1, K):
-        h.append((x * h[k] - math.sqrt(k) * h[k - 1]) / math.sqrt(k + 1))
+        h.append((z * h[k] - math.sqrt(k) * h[k - 1]) / math.sqrt(k + 1))
     return torch.stack(h[: K + 1])
 
 
@@ -733,7 +752,9 @@ def _mehler(phi, psi, q1: Tensor, q2: Tensor, c: Tensor, atol: float):
     variance by 1-D quadrature (two orders; their gap bounds the coefficients'
     error). The tail after K terms is bounded by Cauchy-Schwarz and Parseval:
     |sum_{k>K}| <= sqrt(A_K B_K) |rho|^(K+1), A_K = E[phi^2] - sum_{k<=K} a_k^2.
-    Pairs with |rho| = 1 are 1-D integrals. Returns value, error bound and the
+    Pairs with |rho| = 1 are 1-D integrals. The 1-D integrals use composite
+    Gauss-Legendre rules over Hermite functions (bounded, unlike He_k itself).
+    Returns value, error bound and the
     mask of pairs whose bound is within ``atol``; the rest need 2-D quadrature.
     """
     K = _MEHLER_TERMS
@@ -743,11 +764,14 @@ def _mehler(phi, psi, q1: Tensor, q2: Tensor, c: Tensor, atol: float):
     for f, uq in ((phi, uq1), (psi, uq2)):
         runs = []
         for m in _MEHLER_NODES:
-            x, w = gauss_hermite(m)
-            vals = f(uq.sqrt()[:, None] * x[None, :])  # (U, M)
-            a = (vals * w) @ _hermite_table(x, K).T  # (U, K+1)
-            tails = ((vals**2 * w).sum(-1, keepdim=True) - (a**2).cumsum(-1)).clamp(0)
-            runs.append((a, tails))
+            # a_k = int f(sqrt(q) z) psi_k(z) sqrt(N(z)) dz: bounded integrands, so
+            # a composite rule stays accurate for steep f and high degrees.
+            z, w = _legendre_rule(m)
+            root = torch.exp(-(z**2) / 4) / (2 * math.pi) ** 0.25
+            vals = f(uq.sqrt()[:, None] * z[None, :])  # (U, M)
+            a = (vals * (w * root)) @ _hermite_functions(z, K).T  # (U, K+1)
+            norm = (vals**2 * (w * root**2)).sum(-1, keepdim=True)  # E[f^2]
+            runs.append((a, (norm - (a**2).cumsum(-1)).clamp(0)))
         (a0, _), (a, tails) = runs
         coefs.append((a, tails, (a - a0).abs().sum(-1)))
     (a, ta, ea), (b, tb, eb) = coefs
@@ -779,8 +803,9 @@ def _mehler(phi, psi, q1: Tensor, q2: Tensor, c: Tensor, atol: float):
         s1, s2 = q1[edge].sqrt()[:, None], (q2[edge].sqrt() * rho[edge].sign())[:, None]
         runs = []
         for m in _MEHLER_NODES:
-            x, w = gauss_hermite(m)
-            runs.append((phi(s1 * x) * psi(s2 * x) * w).sum(-1))
+            z, w = _legendre_rule(m)
+            dens = torch.exp(-(z**2) / 2) / math.sqrt(2 * math.pi)
+            runs.append((phi(s1 * z) * psi(s2 * z) * (w * dens)).sum(-1))
         value[edge] = runs[1]
         error[edge] = (runs[1] - runs[0]).abs()
         ok[edge] = error[edge] <= atol
