@@ -5,7 +5,15 @@ Write a computation once as a :class:`Program`; read it two ways:
 infinite-width limit by the Master Theorem.
 """
 
-from . import empirical, gaussian, mup, nonlinearities, parametrization, predict
+from . import (
+    empirical,
+    gaussian,
+    mup,
+    nn,
+    nonlinearities,
+    parametrization,
+    predict,
+)
 from .empirical import empirical_nngp, empirical_ntk
 from .finite import FiniteResult, run
 from .gaussian import Estimate
@@ -55,6 +63,7 @@ __all__ = [
     "empirical_nngp",
     "predict",
     "mup",
+    "nn",
     "parametrization",
     "nonlinearities",
     "abs",
