@@ -93,7 +93,7 @@ RESIDUAL = {
 @pytest.mark.parametrize("name", sorted(RESIDUAL))
 def test_residual_equals_generic_evaluator(name):
     block = RESIDUAL[name]
-    net = nn.serial(_dense(), block(), _dense(1.1, 0.1), block(), nn.Relu())
+    net = nn.serial(_dense(), block(), _dense(1.1, 0.1), block(), _dense(), nn.Relu())
     _agree(nn.serial(net, nn.Dense(1, b_std=0.1)), X)
 
 
