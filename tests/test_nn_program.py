@@ -196,6 +196,11 @@ def test_mixed_architecture_equals_generic_evaluator():
         ),
         (nn.serial(_dense(), nn.Dense(1)), SEQ, "readout needs a flat value"),
         (
+            nn.serial(nn.Conv(4, (5,)), nn.Flatten(), nn.Dense(1)),
+            SEQ,
+            "layer 0 \\(Conv\\): VALID filter 5 is wider than the input 4",
+        ),
+        (
             nn.serial(
                 nn.Conv(4, (2,), parametrization="standard"), nn.Flatten(), nn.Dense(1)
             ),

@@ -63,6 +63,7 @@ from ._conv import Conv, Flatten, GlobalAvgPool
 from ._dense import Dense
 from ._kernel import Kernel
 from ._norm import LayerNorm
+from ._program_spatial import _nonlinearity, write_attention, write_conv, write_rnn
 from ._rnn import RNN
 
 __all__ = ["NetworkProgram", "network_program"]
@@ -149,18 +150,6 @@ def _flatten_serial(model):
     return [model]
 
 
-def _geometry(n: int, k: int, s: int, padding: str, where: str) -> tuple[int, int]:
-    """(output size, padding before): SAME pads ceil-style, the extra one after."""
-    if padding == "SAME":
-        out = -(-n // s)
-        return out, max((out - 1) * s + k - n, 0) // 2
-    if n < k:
-        raise ValueError(
-            f"{where} (Conv): VALID filter {k} is wider than the input {n}"
-        )
-    return (n - k) // s + 1, 0
-
-
 class _Writer:
     """Forward program with a tape for the backward pass."""
 
@@ -216,7 +205,7 @@ class _Writer:
         elif isinstance(layer, LayerNorm):
             self._layernorm(layer, where)
         elif isinstance(layer, Conv):
-            self._conv(layer, where)
+            write_conv(self, layer, where)
         elif isinstance(layer, GlobalAvgPool):
             self._need_width(where)
             pool = self.lincomb([(v, 1.0 / len(self.vecs)) for v in self.vecs])
@@ -226,9 +215,9 @@ class _Writer:
             self.flat = bool(self.spatial)
             self.spatial = ()
         elif isinstance(layer, RNN):
-            self._rnn(layer, where)
+            write_rnn(self, layer, where)
         elif isinstance(layer, GlobalSelfAttention):
-            self._attention(layer, where)
+            write_attention(self, layer, where)
         else:
             raise ValueError(
                 f"{where} ({type(layer).__name__}): no Tensor Program translation "
@@ -316,160 +305,6 @@ class _Writer:
             out.append(self.scale(h, theta, out=y))
         self.vecs = out
 
-    def _conv(self, layer, where):
-        self._ntk_only(layer, where)
-        if self.flat:
-            raise ValueError(f"{where}: Flatten is only covered before the readout")
-        nd = len(layer.filter_shape)
-        if len(self.spatial) != nd:
-            raise ValueError(
-                f"{where} (Conv): {nd} spatial axes expected, got {self.spatial}"
-            )
-        geo = [
-            _geometry(n, k, s, layer.padding, where)
-            for n, k, s in zip(self.spatial, layer.filter_shape, layer.strides)
-        ]
-        outs = list(itertools.product(*[range(g[0]) for g in geo]))
-        taps = list(itertools.product(*[range(k) for k in layer.filter_shape]))
-        k = len(taps)
-
-        def source(i, o):  # flat index of input position s i + o - lo, or None
-            pos = [s * ii + oo - g[1] for ii, oo, s, g in zip(i, o, layer.strides, geo)]
-            if any(q < 0 or q >= n for q, n in zip(pos, self.spatial)):
-                return None
-            flat = 0
-            for q, n in zip(pos, self.spatial):
-                flat = flat * n + q
-            return flat
-
-        b2 = 0.0 if layer.b_std is None else layer.b_std**2
-        w2 = layer.W_std**2 / k
-        if self.vecs is None:  # first layer: the covariance from the inputs
-            xs = self.x.reshape(self.N, -1, self.x.shape[-1])
-            gram = torch.einsum("aic,bjc->ijab", xs, xs) / xs.shape[-1]
-            cov = torch.full(
-                (len(outs), len(outs), self.N, self.N), b2, dtype=torch.float64
-            )
-            for (i, pi), (j, pj) in itertools.product(enumerate(outs), repeat=2):
-                for o in taps:
-                    si, sj = source(pi, o), source(pj, o)
-                    if si is not None and sj is not None:
-                        cov[i, j] += w2 * gram[si, sj]
-            self.vecs = self._input_vectors(cov, "h")
-        else:
-            mats = [self.p.matrix(self._name("W"), var=w2) for _ in taps]
-            b = None if layer.b_std is None else self.p.vector(self._name("b"), var=b2)
-            uses = [[] for _ in taps]
-            out = []
-            for pi in outs:
-                terms = []
-                for t, o in enumerate(taps):
-                    si = source(pi, o)
-                    if si is not None:
-                        m = self.matmul(mats[t], self.vecs[si])
-                        uses[t].append((self.vecs[si], m))
-                        terms.append((m, 1.0))
-                if b is not None:
-                    terms.append((b, 1.0))
-                out.append(self.lincomb(terms) if len(terms) > 1 else terms[0][0])
-            for u in uses:
-                self.params.append(("matrix", w2, u))
-            if b is not None:
-                self.params.append(("bias", b2, out))
-            self.vecs = out
-        self.spatial = tuple(g[0] for g in geo)
-
-    def _rnn(self, layer, where):
-        if len(self.spatial) != 1:
-            raise ValueError(f"{where} (RNN): inputs (N, T, d) expected")
-        T = self.spatial[0]
-        phi = _nonlinearity(layer.phi, where)
-        b2 = 0.0 if layer.b_std is None else layer.b_std**2
-        u2 = layer.U_std**2
-        if self.vecs is None:  # U xi^t + b as initial vectors, one per step
-            gram = torch.einsum("aic,bjc->ijab", self.x, self.x) / self.x.shape[-1]
-            inputs = self._input_vectors(u2 * gram + b2, "u")
-        else:
-            self._need_width(where)
-            U = self.p.matrix(self._name("U"), var=u2)
-            b = None if layer.b_std is None else self.p.vector(self._name("b"), var=b2)
-            inputs, uses = [], []
-            for a in self.vecs:
-                m = self.matmul(U, a)
-                uses.append((a, m))
-                inputs.append(m if b is None else self.lincomb([(m, 1.0), (b, 1.0)]))
-            self.params.append(("matrix", u2, uses))
-            if b is not None:
-                self.params.append(("bias", b2, inputs))
-        W = self.p.matrix(self._name("W"), var=layer.W_std**2)
-        states, uses = [], []
-        for t in range(T):
-            if t == 0:
-                h = inputs[0]
-            else:
-                m = self.matmul(W, states[-1])
-                uses.append((states[-1], m))
-                h = self.lincomb([(m, 1.0), (inputs[t], 1.0)])
-            states.append(self.act(phi, h))
-        self.params.append(("matrix", layer.W_std**2, uses))
-        if layer.readout == "last":
-            self.vecs = [states[-1]]
-        else:
-            self.vecs = [self.lincomb([(s, 1.0 / T) for s in states])]
-        self.spatial = ()
-
-    def _attention(self, layer, where):
-        self._need_width(where)
-        if not layer.linear_scaling:
-            raise ValueError(
-                f"{where} (GlobalSelfAttention): only 1/n logits (linear_scaling="
-                "True) are covered; with 1/sqrt(n) logits they stay random in the "
-                "limit and are not Moments"
-            )
-        mech = _MECH[layer.attention_mechanism]
-        qk = layer.W_query_std * layer.W_key_std
-        H, P = layer.n_heads, len(self.vecs)
-        b2 = 0.0 if layer.b_std is None else layer.b_std**2
-        wo2 = layer.W_out_std**2 / H
-        heads = []
-        for _ in range(H):
-            K = self.p.matrix(self._name("K"), var=1.0)
-            V = self.p.matrix(self._name("V"), var=layer.W_value_std**2)
-            keys = [K @ a for a in self.vecs]  # no backward: logits are Moments
-            vals, vuses = [], []
-            for a in self.vecs:
-                m = self.matmul(V, a)
-                vals.append(m)
-                vuses.append((a, m))
-            self.params.append(("matrix", layer.W_value_std**2, vuses))
-            mixed = []
-            for i in range(P):
-                logits = [self.p.moment(keys[i] * keys[j]) for j in range(P)]
-                terms = []
-                for j in range(P):
-                    alpha = self.p.scalar_fn(_weight(mech, qk, j, P), *logits)
-                    terms.append((self.scale(vals[j], alpha), 1.0))
-                mixed.append(self.lincomb(terms))
-            O = self.p.matrix(self._name("O"), var=wo2)
-            heads.append((O, mixed))
-        b = None if layer.b_std is None else self.p.vector(self._name("b"), var=b2)
-        out = []
-        ouses = {id(O): [] for O, _ in heads}
-        for i in range(P):
-            terms = []
-            for O, mixed in heads:
-                m = self.matmul(O, mixed[i])
-                ouses[id(O)].append((mixed[i], m))
-                terms.append((m, 1.0))
-            if b is not None:
-                terms.append((b, 1.0))
-            out.append(self.lincomb(terms) if len(terms) > 1 else terms[0][0])
-        for O, _ in heads:
-            self.params.append(("matrix", wo2, ouses[id(O)]))
-        if b is not None:
-            self.params.append(("bias", b2, out))
-        self.vecs = out
-
     # ---- readout and backward ---
     def readout(self, layer, where):
         self._ntk_only(layer, where)
@@ -536,33 +371,3 @@ class _Writer:
 
 def _centre_scale(x, mu, theta):
     return (x - mu) * theta
-
-
-_MECH = {
-    "SOFTMAX": lambda z: torch.softmax(z, dim=0),
-    "IDENTITY": lambda z: z,
-    "ABS": lambda z: z.abs(),
-    "RELU": lambda z: torch.relu(z),
-}
-
-
-def _weight(mech, qk, j, P):
-    """``alpha_ij = mechanism(qk * logits_i)_j`` as a function of the P logits."""
-
-    def fn(*logits):
-        z = torch.stack([torch.as_tensor(s, dtype=torch.float64) for s in logits])
-        return mech(qk * z)[j]
-
-    fn.__name__ = f"attn{j}of{P}"
-    return fn
-
-
-def _nonlinearity(layer, where):
-    from ._program import _nonlinearity_of
-
-    try:
-        return _nonlinearity_of(layer, 0)
-    except ValueError:
-        raise ValueError(
-            f"{where} ({type(layer).__name__}): no Tensor Program rule for it"
-        ) from None
