@@ -39,6 +39,7 @@ from ._kernel import Kernel
 from ._layer import Layer
 from ._norm import BatchNorm, LayerNorm
 from ._program import MLPProgram, mlp_program, program_kernel
+from ._program_net import NetworkProgram, network_program
 from ._rnn import RNN
 from ._spec import from_spec
 
@@ -60,6 +61,7 @@ __all__ = [
     "Layer",
     "LayerNorm",
     "MLPProgram",
+    "NetworkProgram",
     "LeakyRelu",
     "Parallel",
     "RNN",
@@ -71,6 +73,7 @@ __all__ = [
     "Tanh",
     "from_spec",
     "mlp_program",
+    "network_program",
     "program_kernel",
     "parallel",
     "serial",

@@ -1,8 +1,9 @@
 """The same MLP written as a Tensor Program: its kernels from the Master Theorem.
 
-For ``serial(Dense, phi, Dense, phi, ..., Dense)`` (NTK parametrization, optional
-Residual blocks of ``(Dense, phi)`` pairs are not covered) the forward pass over a
-data set ``X`` (``N`` inputs) is a Netsor-T+ program with ``N`` lanes:
+For ``serial(Dense, phi, Dense, phi, ..., Dense)`` (NTK parametrization; other
+layers are written by ``network_program``, which ``program_kernel`` uses) the
+forward pass over a data set ``X`` (``N`` inputs) is a Netsor-T+ program with
+``N`` lanes:
 
 * ``h^1`` is an initial vector with covariance ``W_std^2 X X^T / d + b_std^2``;
 * ``h^{l+1} = W^{l+1} phi(h^l) + b^{l+1}``, ``W^{l+1}`` with entries
@@ -190,9 +191,31 @@ def _through_activations(grad, h, phis):
 
 
 def program_kernel(model: Serial, x1: torch.Tensor, **limit_options) -> Kernel:
-    """NNGP and NTK of an MLP by the generic Master Theorem evaluator.
+    """NNGP and NTK of a network by the generic Master Theorem evaluator.
 
-    Equal to ``model.kernel(x1)`` (the closed-form / quadrature path) up to the
-    integration tolerance; slower, and meant as its independent check.
+    The network is written as a Tensor Program with its backward pass by
+    :func:`~tensorprograms.nn.network_program` (Dense, activations, Residual,
+    LayerNorm, Conv, Flatten, GlobalAvgPool, RNN, GlobalSelfAttention with 1/n
+    logits). Equal to ``model.kernel(x1)`` (the closed-form / quadrature path) up
+    to the integration tolerance; meant as its independent check.
+
+    Args:
+        model: the network (NTK parametrization, a Dense readout last).
+        x1: ``(N, d)`` or ``(N, *spatial, d)`` inputs.
+        limit_options: passed to :func:`tensorprograms.limit`.
+
+    Returns:
+        :class:`Kernel` with ``(N, N)`` float64 ``nngp`` and ``ntk``.
+
+    Example:
+        >>> import torch
+        >>> from tensorprograms import nn
+        >>> net = nn.serial(nn.RNN(4, nn.Relu()), nn.Dense(1))
+        >>> x = torch.ones(2, 3, 1, dtype=torch.float64)  # 2 sequences, 3 steps
+        >>> k = nn.program_kernel(net, x)
+        >>> bool(torch.allclose(k.ntk, net.kernel(x).ntk, atol=1e-12))
+        True
     """
-    return mlp_program(model, x1).kernel(**limit_options)
+    from ._program_net import network_program
+
+    return network_program(model, x1).kernel(**limit_options)
