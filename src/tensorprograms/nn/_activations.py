@@ -99,18 +99,32 @@ def _variance(cov: torch.Tensor, nd: int) -> torch.Tensor:
     return torch.diagonal(flat, dim1=1, dim2=2).reshape(cov.shape[0], *spatial)
 
 
-def _correlation(c, qa, qb, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """rho = c / sqrt(qa qb) clamped to [-1, 1], and qa qb; raises if |rho| > 1."""
-    prod = qa * qb
-    rho = c / prod.sqrt().clamp_min_(1e-300)
-    worst = max(float(rho.amax()), -float(rho.amin())) if rho.numel() else 0.0
+def _check_psd(rho: torch.Tensor, layer: str) -> None:
+    """Raise if |rho| exceeds 1 by more than rounding (one pass over rho)."""
+    if not rho.numel():
+        return
+    lo, hi = torch.aminmax(rho)
+    worst = max(float(hi), -float(lo))
     if worst > 1 + _PSD_SLACK:
         raise ValueError(
             f"{layer}: the input covariance is not positive semi-definite "
             f"(|c| / sqrt(q1 q2) = {worst:.6g} > 1); the kernel lost positive "
             "semi-definiteness in an earlier layer"
         )
-    return rho.clamp_(-1.0, 1.0), prod
+
+
+def _correlation(c, qa, qb, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """rho = c / sqrt(qa qb) clamped to [-1, 1], and sqrt(qa qb) (a fresh tensor of
+    the broadcast shape); raises if |rho| > 1.
+
+    sqrt is taken of the rounded product qa qb, so that rho = 1 exactly where
+    c = qa = qb (an input with itself)."""
+    norm = torch.mul(qa, qb).sqrt_()
+    # The guard against 0 / 0 costs a pass; skip it when no product can be below.
+    low = float(qa.min()) * float(qb.min()) if qa.numel() and qb.numel() else 1.0
+    rho = c / (norm if low > 1e-290 else norm.clamp_min(1e-300))
+    _check_psd(rho, layer)
+    return rho.clamp_(-1.0, 1.0), norm
 
 
 class ABRelu(_Activation):
@@ -143,21 +157,19 @@ class ABRelu(_Activation):
 
     def _dual(self, c, qa, qb):
         a, b = self.a, self.b
-        rho, prod = _correlation(c, qa, qb, type(self).__name__)
-        norm = prod.sqrt_()
-        # E[phi phi'] = norm (rho dot + (a - b)^2 sqrt(1 - rho^2) / (2 pi)) is a smooth
-        # function of rho even at rho = 1 (d/drho = 2 pi dot); taking sqrt(1 - rho^2)
-        # from the same rounded rho as theta keeps collinear inputs exact to rounding.
-        nngp = rho.clone()
-        if a != b:
-            sine = (1 - rho * rho).clamp_min_(0).sqrt_()
-        theta = torch.acos_(rho)
+        rho, norm = _correlation(c, qa, qb, type(self).__name__)
+        # E[phi phi'] = norm (rho dot + (a - b)^2 sin(theta) / (2 pi)) is a smooth
+        # function of rho even at rho = 1 (d/drho = 2 pi dot); sin(theta) is taken
+        # from the same rounded rho as theta, so collinear inputs stay exact to
+        # rounding. One fresh tensor per result; the rest is in place.
+        theta = torch.acos(rho)
+        sine = torch.sin(theta) if a != b else None
         dot = theta.mul_((2 * a * b - a * a - b * b) / (2 * math.pi)).add_(
             (a * a + b * b) / 2
         )
-        nngp.mul_(dot)
-        if a != b:
-            nngp.add_(sine.mul_((a - b) ** 2 / (2 * math.pi)))
+        nngp = rho.mul_(dot)
+        if sine is not None:
+            nngp.add_(sine, alpha=(a - b) ** 2 / (2 * math.pi))
         return nngp.mul_(norm), dot
 
     def _dual_self(self, q):

@@ -72,7 +72,13 @@ class Serial(Layer):
             return super()._from_input(x1, x2, in_full, out_full)
         modes = self._modes(out_full)
         try:
-            s = self.layers[0]._from_input(x1, x2, modes[0], modes[1])
+            first = self.layers[0]
+            args = (x1, x2, modes[0], modes[1])
+            if cache is not None and len(cache) == 2 and first._skips_self_covs:
+                # Cross tile: _cached replaces the self covariances right below.
+                s = first._from_input(*args, self_covs=False)
+            else:
+                s = first._from_input(*args)
         except ValueError as e:
             raise ValueError(f"{_name(0, self.layers[0])}: {e}") from None
         s = self._cached(s, cache, 0)
@@ -84,7 +90,8 @@ class Serial(Layer):
         if cache is None:
             return s
         if len(cache) == 1:
-            cache[0].append(s.variances()[0])
+            # A copy: the variances may be a view of the tile's whole nngp.
+            cache[0].append(s.variances()[0].clone())
             return s
         return s.replace(cov1=cache[0][i], cov2=cache[1][i], variance_only=True)
 

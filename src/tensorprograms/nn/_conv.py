@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._dense import affine_kernel, check_parametrization, check_std
+from ._dense import affine_kernel_, check_parametrization, check_std
 from ._kernel import _State
 from ._layer import Layer, _BuildContext
 from ._sample import Function, affine_params
@@ -56,46 +56,62 @@ def _geometry(n: int, k: int, s: int, padding: str, layer: str) -> tuple[int, in
     return (n - k) // s + 1, 0, 0
 
 
-def _window_mean(
+def _window_sum(
     k: torch.Tensor, axes: tuple[int, ...], size: int, stride: int, geom
 ) -> torch.Tensor:
-    """(1/size) sum_o k[..., s i + o - p, ...] along `axes` jointly (same o on all),
-    zeros outside the input (SAME padding), without materialising the padding."""
+    """sum_o k[..., s i + o - p, ...] along `axes` jointly (same o on all), zeros
+    outside the input (SAME padding), without materialising the padding.
+
+    A tap that every output reads (the centre of a stride-1 SAME window, every tap
+    of a VALID one) starts the sum as a copy, so no zero tensor is written; always
+    a fresh tensor.
+    """
     out, lo, _ = geom
     n = k.shape[axes[0]]
-    shape = list(k.shape)
-    for a in axes:
-        shape[a] = out
-    acc = None
+    taps = []  # (first output, last output, first input) of each tap
     for o in range(size):
         # Outputs i whose input position s i + o - lo lies inside [0, n).
         first = max(0, -(-(lo - o) // stride))
         last = min(out - 1, (n - 1 + lo - o) // stride)
-        if last < first:
-            continue
+        if last >= first:
+            taps.append((first, last, stride * first + o - lo))
+    taps.sort(key=lambda t: t[1] - t[0] < out - 1)  # a tap read by all outputs first
+    acc = None
+    for first, last, start in taps:
         src = [slice(None)] * k.ndim
         dst = [slice(None)] * k.ndim
-        start = stride * first + o - lo
         for a in axes:
             src[a] = slice(start, start + stride * (last - first) + 1, stride)
             dst[a] = slice(first, last + 1)
         term = k[tuple(src)]
+        if acc is None and first == 0 and last == out - 1:
+            acc = term.clone(memory_format=torch.contiguous_format)
+            continue
         if acc is None:
-            if first == 0 and last == out - 1:
-                acc = term.clone()
-                continue
+            shape = list(k.shape)
+            for a in axes:
+                shape[a] = out
             acc = k.new_zeros(shape)
         acc[tuple(dst)] += term
     if acc is None:
+        shape = list(k.shape)
+        for a in axes:
+            shape[a] = out
         acc = k.new_zeros(shape)
-    return acc.div_(size)
+    return acc
 
 
-def _conv_map(k, batch_ndim, nd, full, filt, strides, geoms):
-    """Shared-filter box average of a covariance (B..., *S, *S) or (B..., *S)."""
+def _window_mean(k, axes, size, stride, geom) -> torch.Tensor:
+    """`_window_sum` divided by the window size (padded taps count as zeros)."""
+    return _window_sum(k, axes, size, stride, geom).div_(size)
+
+
+def _conv_sum(k, batch_ndim, nd, full, filt, strides, geoms):
+    """Shared-filter box sum of a covariance (B..., *S, *S) or (B..., *S); divided
+    by prod(filt) it is the box average. Always a fresh tensor."""
     for t in range(nd):
         axes = (batch_ndim + t, batch_ndim + nd + t) if full else (batch_ndim + t,)
-        k = _window_mean(k, axes, filt[t], strides[t], geoms[t])
+        k = _window_sum(k, axes, filt[t], strides[t], geoms[t])
     return k
 
 
@@ -185,19 +201,22 @@ class Conv(Layer):
         nd = len(s.spatial)
         geoms = self._geoms(s.spatial)
         args = (nd, s.full, self.filter_shape, self.strides, geoms)
-        nngp = _conv_map(s.nngp, 2, *args)
-        ntk = _conv_map(s.ntk, 2, *args)
-        fan_in = s.channels * math.prod(self.filter_shape)
-        nngp_new, ntk_new = affine_kernel(
-            s, self.W_std, self.b_std, self.parametrization, fan_in, nngp, ntk
+        size = math.prod(self.filter_shape)
+        nngp, ntk = affine_kernel_(
+            _conv_sum(s.nngp, 2, *args),
+            _conv_sum(s.ntk, 2, *args),
+            self.W_std,
+            self.b_std,
+            self.parametrization,
+            s.channels * size,
+            1.0 / size,
         )
+        w2 = self.W_std**2 / size
         b2 = 0.0 if self.b_std is None else self.b_std**2
-        cov1, cov2 = s.map_covs(
-            lambda c, b: self.W_std**2 * _conv_map(c, b, *args) + b2
-        )
+        cov1, cov2 = s.map_covs(lambda c, b: _conv_sum(c, b, *args).mul_(w2).add_(b2))
         out = s.replace(
-            nngp=nngp_new,
-            ntk=ntk_new,
+            nngp=nngp,
+            ntk=ntk,
             cov1=cov1,
             cov2=cov2,
             spatial=tuple(g[0] for g in geoms),
@@ -206,9 +225,16 @@ class Conv(Layer):
         )
         return out if out_full else out.to_diagonal()
 
-    def _from_input(self, x1, x2, in_full, out_full):
+    # `Serial` may ask `_from_input` to skip the self covariances of a cross tile
+    # whose variances it replays from the diagonal tiles.
+    _skips_self_covs = True
+
+    def _from_input(self, x1, x2, in_full, out_full, self_covs: bool = True):
         """First layer: nngp = W_std^2 <P_i, P'_j> / (C k) + b_std^2 from the input
-        patches P (zero padded), one matrix product instead of a spatial sum."""
+        patches P (zero padded), one matrix product instead of a spatial sum.
+
+        self_covs=False leaves cov1 and cov2 None for a cross tile (x2 given): the
+        caller substitutes cached variances."""
         spatial = tuple(x1.shape[1:-1])
         geoms = self._geoms(spatial)
         out_spatial = tuple(g[0] for g in geoms)
@@ -234,22 +260,19 @@ class Conv(Layer):
                 b1, b2, *out_spatial
             )
         unscaled = unscaled.div_(fan_in)
-        state = _State(
-            nngp=unscaled,
-            ntk=torch.zeros((), dtype=unscaled.dtype, device=unscaled.device),
-            cov1=None,
-            cov2=None,
-            spatial=out_spatial,
-            full=out_full,
-            channels=x1.shape[-1],
-            gaussian=False,
-        )
-        nngp, ntk = affine_kernel(
-            state, self.W_std, self.b_std, self.parametrization, fan_in
-        )
+        # The input's ntk is zero: affine_kernel in place on the fresh product.
         b2_ = 0.0 if self.b_std is None else self.b_std**2
+        if self.parametrization == "standard":
+            ntk = unscaled * fan_in
+            if self.b_std is not None:
+                ntk.add_(1.0)
+        nngp = unscaled.mul_(self.W_std**2)
+        if b2_:
+            nngp.add_(b2_)
+        if self.parametrization == "ntk":
+            ntk = nngp.clone()
         cov1 = cov2 = None
-        if x2 is not None:
+        if x2 is not None and self_covs:
             eq = "aic,ajc->aij" if out_full else "aic,aic->ai"
             shape = (*out_spatial, *out_spatial) if out_full else out_spatial
             cov1, cov2 = (
@@ -259,11 +282,13 @@ class Conv(Layer):
                 + b2_
                 for p in (pa, pb)
             )
-        return state.replace(
+        return _State(
             nngp=nngp,
-            ntk=ntk.expand_as(nngp).clone() if ntk.shape != nngp.shape else ntk,
+            ntk=ntk,
             cov1=cov1,
             cov2=cov2,
+            spatial=out_spatial,
+            full=out_full,
             channels=self.out_chan,
             gaussian=True,
         )

@@ -59,6 +59,38 @@ def affine_kernel(
     return new, new_ntk
 
 
+def affine_kernel_(
+    total: torch.Tensor,
+    ntk_total: torch.Tensor,
+    W_std: float,
+    b_std: float | None,
+    parametrization: str,
+    fan_in: float,
+    mean_scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`affine_kernel` in place, on fresh tensors that the caller owns.
+
+    `total` and `ntk_total` hold sums whose means are ``mean_scale * total`` (a
+    convolution's window sums, mean_scale = 1/k), so the window's division and the
+    affine map take one pass; both tensors are overwritten and returned as
+    (nngp', ntk'). ntk_total must have nngp's full shape.
+    """
+    w2 = W_std**2 * mean_scale
+    b2 = 0.0 if b_std is None else b_std**2
+    if parametrization == "ntk":
+        nngp = total.mul_(w2)
+        if b2:
+            nngp.add_(b2)
+        return nngp, ntk_total.mul_(w2).add_(nngp)
+    ntk = ntk_total.mul_(w2).add_(total, alpha=fan_in * mean_scale)
+    if b_std is not None:
+        ntk.add_(1.0)
+    nngp = total.mul_(w2)
+    if b2:
+        nngp.add_(b2)
+    return nngp, ntk
+
+
 class Dense(Layer):
     """Fully connected layer applied to the channel axis (at every spatial position).
 

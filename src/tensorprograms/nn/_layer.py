@@ -70,6 +70,8 @@ class Layer:
     # True for layers whose rule reads only the input variances (not the full self
     # covariances): cross tiles may then reuse variances cached from diagonal tiles.
     _variance_only_ok = False
+    # True for layers whose `_from_input` takes self_covs=False (skip cov1, cov2).
+    _skips_self_covs = False
 
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         raise NotImplementedError
