@@ -99,10 +99,11 @@ def _variance(cov: torch.Tensor, nd: int) -> torch.Tensor:
     return torch.diagonal(flat, dim1=1, dim2=2).reshape(cov.shape[0], *spatial)
 
 
-def _check_psd(rho: torch.Tensor, layer: str) -> None:
-    """Raise if |rho| exceeds 1 by more than rounding (one pass over rho)."""
+def _check_psd(rho: torch.Tensor, layer: str) -> bool:
+    """Raise if |rho| exceeds 1 by more than rounding (one pass over rho); return
+    whether rho needs clamping to [-1, 1] (or holds NaN)."""
     if not rho.numel():
-        return
+        return False
     lo, hi = torch.aminmax(rho)
     worst = max(float(hi), -float(lo))
     if worst > 1 + _PSD_SLACK:
@@ -111,6 +112,7 @@ def _check_psd(rho: torch.Tensor, layer: str) -> None:
             f"(|c| / sqrt(q1 q2) = {worst:.6g} > 1); the kernel lost positive "
             "semi-definiteness in an earlier layer"
         )
+    return not worst <= 1.0
 
 
 def _correlation(c, qa, qb, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,8 +125,9 @@ def _correlation(c, qa, qb, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
     # The guard against 0 / 0 costs a pass; skip it when no product can be below.
     low = float(qa.min()) * float(qb.min()) if qa.numel() and qb.numel() else 1.0
     rho = c / (norm if low > 1e-290 else norm.clamp_min(1e-300))
-    _check_psd(rho, layer)
-    return rho.clamp_(-1.0, 1.0), norm
+    if _check_psd(rho, layer):
+        rho.clamp_(-1.0, 1.0)
+    return rho, norm
 
 
 class ABRelu(_Activation):
@@ -164,9 +167,9 @@ class ABRelu(_Activation):
         # rounding. One fresh tensor per result; the rest is in place.
         theta = torch.acos(rho)
         sine = torch.sin(theta) if a != b else None
-        dot = theta.mul_((2 * a * b - a * a - b * b) / (2 * math.pi)).add_(
-            (a * a + b * b) / 2
-        )
+        slope = (2 * a * b - a * a - b * b) / (2 * math.pi)
+        k0 = theta.new_tensor((a * a + b * b) / 2)
+        dot = torch.add(k0, theta, alpha=slope, out=theta)  # k0 + slope theta
         nngp = rho.mul_(dot)
         if sine is not None:
             nngp.add_(sine, alpha=(a - b) ** 2 / (2 * math.pi))

@@ -62,12 +62,26 @@ def _window_sum(
     """sum_o k[..., s i + o - p, ...] along `axes` jointly (same o on all), zeros
     outside the input (SAME padding), without materialising the padding.
 
-    A tap that every output reads (the centre of a stride-1 SAME window, every tap
-    of a VALID one) starts the sum as a copy, so no zero tensor is written; always
-    a fresh tensor.
+    When some tap is read by every output (the centre of a stride-1 SAME window,
+    every tap of a VALID one), the first pass writes that tap plus the next one
+    into a fresh tensor, and no zero tensor is written. Always a fresh tensor.
     """
     out, lo, _ = geom
     n = k.shape[axes[0]]
+    shape = list(k.shape)
+    for a in axes:
+        shape[a] = out
+
+    def region(first, last, start=None):
+        """Index of outputs [first, last] (or, given start, of their inputs)."""
+        idx = [slice(None)] * k.ndim
+        for a in axes:
+            if start is None:
+                idx[a] = slice(first, last + 1)
+            else:
+                idx[a] = slice(start, start + stride * (last - first) + 1, stride)
+        return tuple(idx)
+
     taps = []  # (first output, last output, first input) of each tap
     for o in range(size):
         # Outputs i whose input position s i + o - lo lies inside [0, n).
@@ -75,29 +89,31 @@ def _window_sum(
         last = min(out - 1, (n - 1 + lo - o) // stride)
         if last >= first:
             taps.append((first, last, stride * first + o - lo))
-    taps.sort(key=lambda t: t[1] - t[0] < out - 1)  # a tap read by all outputs first
-    acc = None
-    for first, last, start in taps:
-        src = [slice(None)] * k.ndim
-        dst = [slice(None)] * k.ndim
-        for a in axes:
-            src[a] = slice(start, start + stride * (last - first) + 1, stride)
-            dst[a] = slice(first, last + 1)
-        term = k[tuple(src)]
-        if acc is None and first == 0 and last == out - 1:
-            acc = term.clone(memory_format=torch.contiguous_format)
-            continue
-        if acc is None:
-            shape = list(k.shape)
-            for a in axes:
-                shape[a] = out
-            acc = k.new_zeros(shape)
-        acc[tuple(dst)] += term
-    if acc is None:
-        shape = list(k.shape)
-        for a in axes:
-            shape[a] = out
+    full = [t for t in taps if t[0] == 0 and t[1] == out - 1]
+    if not full:
         acc = k.new_zeros(shape)
+        for first, last, start in taps:
+            acc[region(first, last)] += k[region(first, last, start)]
+        return acc
+    centre = k[region(*full[0])]  # indexed by output position
+    rest = [t for t in taps if t is not full[0]]
+    if not rest:
+        return centre.clone(memory_format=torch.contiguous_format)
+    acc = k.new_empty(shape)
+    first, last, start = rest[0]
+    inner = region(first, last)
+    torch.add(centre[inner], k[region(first, last, start)], out=acc[inner])
+    # Outputs outside [first, last] on some axis: the centre tap alone so far.
+    for j, a in enumerate(axes):
+        for lo_, hi_ in ((0, first), (last + 1, out)):
+            if hi_ > lo_:
+                idx = list(inner)
+                idx[a] = slice(lo_, hi_)
+                for b in axes[j + 1 :]:
+                    idx[b] = slice(None)
+                acc[tuple(idx)] = centre[tuple(idx)]
+    for first, last, start in rest[1:]:
+        acc[region(first, last)] += k[region(first, last, start)]
     return acc
 
 
@@ -251,22 +267,18 @@ class Conv(Layer):
         pa = patches(x1)
         pb = pa if x2 is None else patches(x2)
         b1, b2 = pa.shape[0], pb.shape[0]
-        if out_full:
-            unscaled = torch.einsum("aic,bjc->abij", pa, pb).reshape(
-                b1, b2, *out_spatial, *out_spatial
-            )
-        else:
-            unscaled = torch.einsum("aic,bic->abi", pa, pb).reshape(
-                b1, b2, *out_spatial
-            )
-        unscaled = unscaled.div_(fan_in)
-        # The input's ntk is zero: affine_kernel in place on the fresh product.
+        eq = "aic,bjc->abij" if out_full else "aic,bic->abi"
+        shape = (*out_spatial, *out_spatial) if out_full else out_spatial
+        product = torch.einsum(eq, pa, pb).reshape(b1, b2, *shape)
+        # The input's ntk is zero: affine_kernel in place on the fresh product
+        # (standard parametrization: the product is the NTK's fan_in * nngp).
+        w2 = self.W_std**2 / fan_in
         b2_ = 0.0 if self.b_std is None else self.b_std**2
         if self.parametrization == "standard":
-            ntk = unscaled * fan_in
-            if self.b_std is not None:
-                ntk.add_(1.0)
-        nngp = unscaled.mul_(self.W_std**2)
+            nngp = product * w2
+            ntk = product.add_(1.0) if self.b_std is not None else product
+        else:
+            nngp = product.mul_(w2)
         if b2_:
             nngp.add_(b2_)
         if self.parametrization == "ntk":

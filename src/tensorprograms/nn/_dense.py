@@ -77,17 +77,15 @@ def affine_kernel_(
     """
     w2 = W_std**2 * mean_scale
     b2 = 0.0 if b_std is None else b_std**2
+    ntk = ntk_total
+    if parametrization == "standard":
+        ntk = ntk.mul_(w2).add_(total, alpha=fan_in * mean_scale)
+        if b_std is not None:
+            ntk.add_(1.0)
+    # nngp' = b2 + w2 total in one pass (torch.add scales its second operand).
+    nngp = torch.add(total.new_tensor(b2), total, alpha=w2, out=total)
     if parametrization == "ntk":
-        nngp = total.mul_(w2)
-        if b2:
-            nngp.add_(b2)
-        return nngp, ntk_total.mul_(w2).add_(nngp)
-    ntk = ntk_total.mul_(w2).add_(total, alpha=fan_in * mean_scale)
-    if b_std is not None:
-        ntk.add_(1.0)
-    nngp = total.mul_(w2)
-    if b2:
-        nngp.add_(b2)
+        ntk = torch.add(nngp, ntk, alpha=w2, out=ntk)
     return nngp, ntk
 
 
