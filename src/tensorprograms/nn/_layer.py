@@ -191,9 +191,15 @@ class Layer:
         # layer's output variances, so cross tiles need not redo self covariances.
         caching = x2 is None and in_full and n1 > b and self._caches_variances()
         records = {}
+        # Recorded variances are copied into storage allocated once: small tensors
+        # allocated tile after tile would split the large freed blocks of the C heap,
+        # which then grows by a tile's worth of memory per diagonal tile.
+        storage: dict = {}
+        n_tiles = -(-n1 // b)
         for i in range(0, n1, b) if caching else ():
-            records[i] = []
-            s = self._from_input(x1[i : i + b], None, in_full, out_full, (records[i],))
+            record = []
+            s = self._from_input(x1[i : i + b], None, in_full, out_full, (record,))
+            records[i] = _keep(record, storage, i // b, n_tiles)
             _check_finite(s, self)
             nngp[i : i + b, i : i + b] = s.nngp
             ntk[i : i + b, i : i + b] = s.ntk
@@ -263,6 +269,18 @@ class Layer:
         if width is not None and (int(width) != width or width < 1):
             raise ValueError(f"width must be a positive integer or None, got {width}")
         return Network(self, width, seed, dtype, input_shape)
+
+
+def _keep(record: list, storage: dict, tile: int, n_tiles: int) -> list:
+    """Copy one diagonal tile's per-layer variances into `storage`, which holds one
+    tensor of shape (n_tiles, *shape) per layer and shape, allocated at first use."""
+    kept = []
+    for k, r in enumerate(record):
+        key = (k, tuple(r.shape))
+        if key not in storage:
+            storage[key] = r.new_empty((n_tiles, *r.shape))
+        kept.append(storage[key][tile].copy_(r))
+    return kept
 
 
 def _check_input(x, name: str) -> torch.Tensor:
