@@ -93,7 +93,7 @@ def _window_sum(
     if not full:
         acc = k.new_zeros(shape)
         for first, last, start in taps:
-            acc[region(first, last)] += k[region(first, last, start)]
+            acc[region(first, last)].add_(k[region(first, last, start)])
         return acc
     centre = k[region(*full[0])]  # indexed by output position
     rest = [t for t in taps if t is not full[0]]
@@ -113,7 +113,7 @@ def _window_sum(
                     idx[b] = slice(None)
                 acc[tuple(idx)] = centre[tuple(idx)]
     for first, last, start in rest[1:]:
-        acc[region(first, last)] += k[region(first, last, start)]
+        acc[region(first, last)].add_(k[region(first, last, start)])
     return acc
 
 
