@@ -162,3 +162,18 @@ def test_tiled_kernels_with_cached_variances_match_one_tile():
         tiled = net.kernel(x, block_size=block)
         torch.testing.assert_close(tiled.nngp, whole.nngp, rtol=0, atol=1e-13)
         torch.testing.assert_close(tiled.ntk, whole.ntk, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("act", [nn.Relu(), nn.LeakyRelu(0.2)])
+def test_activation_then_global_pool_fused_matches_unfused(act):
+    # serial reduces a closed-form activation's dual kernels straight into the
+    # global average (never writing them); an Identity in between turns that off,
+    # so both paths must agree up to summation order (~1e-16 relative).
+    x, x2 = _x((4, 5, 4, 2), seed=5), _x((3, 5, 4, 2), seed=6)
+    conv = nn.Conv(1, (3, 3), padding="SAME", W_std=1.4, b_std=0.2)
+    fused = nn.serial(conv, act, nn.GlobalAvgPool(), nn.Dense(1))
+    plain = nn.serial(conv, act, nn.Identity(), nn.GlobalAvgPool(), nn.Dense(1))
+    for args, kw in (((x,), {}), ((x,), {"block_size": 1}), ((x, x2), {})):
+        a, b = fused.kernel(*args, **kw), plain.kernel(*args, **kw)
+        torch.testing.assert_close(a.nngp, b.nngp, rtol=1e-13, atol=0)
+        torch.testing.assert_close(a.ntk, b.ntk, rtol=1e-13, atol=0)

@@ -59,7 +59,21 @@ class _Activation(Layer):
         """E[phi(u)^2], u ~ N(0, q)."""
         return self._dual(q, q, q)[0]
 
-    def _step(self, s: _State, out_full: bool) -> _State:
+    # Whether `_dual_mean` avoids materialising the dual (see `_step`).
+    _fuses_mean = False
+
+    def _dual_mean(self, c, qa, qb, ntk) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means over the trailing (spatial) axes of a (B1, B2, ...) tile of
+        E[phi phi'] and ntk E[dphi dphi']: shapes (B1, B2)."""
+        nngp, dot = self._dual(c, qa, qb)
+        dims = tuple(range(2, c.ndim))
+        return nngp.mean(dim=dims), (dot * ntk).mean(dim=dims)
+
+    def _step(self, s: _State, out_full: bool, spatial_mean: bool = False) -> _State:
+        """The dual kernel rule; with spatial_mean (full mode, only where
+        `_fuses_mean`), nngp and ntk come back as their means over all spatial
+        pairs, shape (B1, B2), for a `GlobalAvgPool` that follows (the caller
+        completes the state)."""
         if not s.gaussian:
             raise ValueError(
                 f"{type(self).__name__}: its input units are not Gaussian in the "
@@ -75,8 +89,11 @@ class _Activation(Layer):
                 f"{min(float(q1.min()), float(q2.min()))}"
             )
         qa, qb = pair_shapes(q1, q2, nd, s.full)
-        nngp, dot = self._dual(s.nngp, qa, qb)
-        ntk = dot.mul_(s.ntk) if dot.shape == s.ntk.shape else dot * s.ntk
+        if spatial_mean:
+            nngp, ntk = self._dual_mean(s.nngp, qa, qb, s.ntk)
+        else:
+            nngp, dot = self._dual(s.nngp, qa, qb)
+            ntk = dot.mul_(s.ntk) if dot.shape == s.ntk.shape else dot * s.ntk
 
         def self_map(cov, _):
             if s.full and nd:
@@ -159,21 +176,42 @@ class ABRelu(_Activation):
         return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
 
     def _dual(self, c, qa, qb):
-        a, b = self.a, self.b
         rho, norm = _correlation(c, qa, qb, type(self).__name__)
-        # E[phi phi'] = norm (rho dot + (a - b)^2 sin(theta) / (2 pi)) is a smooth
-        # function of rho even at rho = 1 (d/drho = 2 pi dot); sin(theta) is taken
-        # from the same rounded rho as theta, so collinear inputs stay exact to
-        # rounding. One fresh tensor per result; the rest is in place.
+        part, dot = self._dual_parts(rho)
+        return part.mul_(norm), dot
+
+    def _dual_parts(self, rho):
+        """(rho dot + (a - b)^2 sin(theta) / (2 pi), dot), overwriting rho.
+
+        E[phi phi'] = norm (rho dot + (a - b)^2 sin(theta) / (2 pi)) is a smooth
+        function of rho even at rho = 1 (d/drho = 2 pi dot); sin(theta) is taken
+        from the same rounded rho as theta, so collinear inputs stay exact to
+        rounding. One fresh tensor per result; the rest is in place."""
+        a, b = self.a, self.b
         theta = torch.acos(rho)
         sine = torch.sin(theta) if a != b else None
         slope = (2 * a * b - a * a - b * b) / (2 * math.pi)
         k0 = theta.new_tensor((a * a + b * b) / 2)
         dot = torch.add(k0, theta, alpha=slope, out=theta)  # k0 + slope theta
-        nngp = rho.mul_(dot)
+        part = rho.mul_(dot)
         if sine is not None:
-            nngp.add_(sine, alpha=(a - b) ** 2 / (2 * math.pi))
-        return nngp.mul_(norm), dot
+            part.add_(sine, alpha=(a - b) ** 2 / (2 * math.pi))
+        return part, dot
+
+    _fuses_mean = True
+
+    def _dual_mean(self, c, qa, qb, ntk):
+        """As `_dual`, but E[phi phi'] = norm * (rho dot + ...) and ntk * dot are
+        reduced by dot products (BLAS, read-only) instead of being written."""
+        rho, norm = _correlation(c, qa, qb, type(self).__name__)
+        part, dot = self._dual_parts(rho)
+        b, p = c.shape[0] * c.shape[1], math.prod(c.shape[2:])
+
+        def mean_of_product(x, y):
+            y = y.expand(c.shape).reshape(b, p, 1)
+            return torch.bmm(x.reshape(b, 1, p), y).reshape(c.shape[:2]).div_(p)
+
+        return mean_of_product(part, norm), mean_of_product(dot, ntk)
 
     def _dual_self(self, q):
         return (self.a**2 + self.b**2) / 2 * q

@@ -97,14 +97,32 @@ class Serial(Layer):
 
     def _step(self, s: _State, out_full: bool, start: int = 0, cache=None) -> _State:
         modes = self._modes(out_full)
+        fused = False
         for i, layer in enumerate(self.layers):
-            if i < start:
+            if i < start or fused:  # fused: layer i was applied with layer i - 1
+                fused = False
                 continue
+            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            # A closed-form activation followed by global average pooling: the
+            # pooled dual kernels are reduced as they are formed, never written.
+            fused = (
+                s.full
+                and getattr(layer, "_fuses_mean", False)
+                and hasattr(nxt, "_after_activation")
+            )
             try:
-                s = layer._step(s, modes[i + 1])
+                if fused:
+                    s = nxt._after_activation(layer, s)
+                else:
+                    s = layer._step(s, modes[i + 1])
             except ValueError as e:
                 raise ValueError(f"{_name(i, layer)}: {e}") from None
-            s = self._cached(s, cache, i)
+            if fused and cache is not None:
+                if len(cache) == 1:
+                    cache[0].append(None)  # layer i's variances: never replayed
+                s = self._cached(s, cache, i + 1)
+            else:
+                s = self._cached(s, cache, i)
             if not (torch.isfinite(s.nngp.sum()) and torch.isfinite(s.ntk.sum())):
                 raise ValueError(
                     f"{_name(i, layer)}: the kernel has non-finite entries (overflow "

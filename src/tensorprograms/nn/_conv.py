@@ -453,6 +453,14 @@ class GlobalAvgPool(Layer):
             full=False,
         )
 
+    def _after_activation(self, act: Layer, s: _State) -> _State:
+        """`act` then this layer in one step: the activation's dual kernels are
+        averaged as they are formed (see `_Activation._step`'s spatial_mean)."""
+        s = act._step(s, True, spatial_mean=True)
+        nd = len(s.spatial)
+        cov1, cov2 = s.map_covs(lambda k, b: k.mean(dim=tuple(range(b, b + 2 * nd))))
+        return s.replace(cov1=cov1, cov2=cov2, spatial=(), full=False)
+
     def _build(self, in_shape, ctx):
         axes = tuple(range(1, len(in_shape)))
         return Function(lambda x: x.mean(dim=axes), "GlobalAvgPool"), (in_shape[-1],)

@@ -276,6 +276,9 @@ def _keep(record: list, storage: dict, tile: int, n_tiles: int) -> list:
     tensor of shape (n_tiles, *shape) per layer and shape, allocated at first use."""
     kept = []
     for k, r in enumerate(record):
+        if r is None:  # a layer fused with the next one records nothing
+            kept.append(None)
+            continue
         key = (k, tuple(r.shape))
         if key not in storage:
             storage[key] = r.new_empty((n_tiles, *r.shape))
