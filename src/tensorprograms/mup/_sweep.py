@@ -635,9 +635,9 @@ def transfer_sweep(
     """Learning-rate transfer sweep of a task in muP against SP (TP5, sec. 3).
 
     For every parametrization, width, depth and seed, trains the task with Adam
-    at learning rate ``2 ** log2_lr`` and stores the final training loss as a
-    trial of an Optuna study (see the module docstring for resuming and
-    workers).
+    at learning rate ``2 ** log2_lr`` and stores the minibatch training loss
+    averaged over the run (``train``'s ``metric="mean"``) as a trial of an
+    Optuna study (see the module docstring for resuming and workers).
 
     Args:
         task: a built-in task name (``"mlp"``, ``"resmlp"``, ``"resnet"``,
