@@ -503,7 +503,11 @@ class TransferResult:
 
     def summary(self) -> str:
         """A text report: optimum per size, its shift, and the verdicts."""
-        lines = [f"transfer sweep on task {self.task!r} (Adam; mean training loss)"]
+        seeds = len({r.get("seed") for r in self.records})
+        lines = [
+            f"transfer sweep on task {self.task!r} (Adam; mean training loss; "
+            f"{seeds} seed{'s' if seeds != 1 else ''})"
+        ]
         bigger = "wider" if self.axis == "width" else "deeper"
         for p in self.parametrizations:
             opt = self.optima(p)
@@ -540,6 +544,16 @@ class TransferResult:
         finite = [r["loss"] for r in self.records if math.isfinite(r["loss"])]
         top = np.percentile(finite, 90) if finite else 1.0
         low = min(finite) if finite else 0.0
+        # losses above the barely-trained level (the smallest learning rate
+        # tried) are divergence: cap the axis there so that the valleys show
+        lr_min = min((r["log2_lr"] for r in self.records), default=None)
+        barely = [
+            r["loss"]
+            for r in self.records
+            if r["log2_lr"] == lr_min and math.isfinite(r["loss"])
+        ]
+        if barely:
+            top = min(top, 1.05 * max(barely))
         for ax, p in zip(axes[0], self.parametrizations):
             for i, s in enumerate(sizes):
                 lrs, loss = self.curve(p, s)
