@@ -521,8 +521,8 @@ class TransferResult:
             lines.append(
                 f"    optimum moves by {self.shift(p):.0f} octave(s): "
                 f"{'stable' if self.stable(p) else 'NOT stable'}; {bigger} is "
-                f"{'better' if self.wider_is_better(p) else 'NOT better'} at "
-                "the transferred lr"
+                f"{'not worse' if self.wider_is_better(p) else 'WORSE'} at "
+                "the transferred lr (5% tolerance)"
             )
         return "\n".join(lines)
 
