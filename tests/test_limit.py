@@ -240,3 +240,19 @@ def test_generic_zdot_through_a_two_argument_function_with_lanes():
         assert torch.allclose(fin[s].mean(0), lim.value, atol=0.02)
     # The ZDot term is what makes E[Z^z Z^v] nonzero: about 0.21-0.25 per lane.
     assert float(res[scalars[0]].min()) > 0.15
+
+
+def test_integration_errors_of_scalars_propagate_to_what_uses_them():
+    # theta = E[tanh(x)^2] is integrated (no closed form); z = theta * x inherits
+    # that error in its norm: E[z^2] = theta^2 carries about 2 theta * err(theta).
+    p = tp.Program()
+    x = p.vector("x")
+    theta = p.moment(tp.tanh(x) * tp.tanh(x))
+    z = x * theta
+    s = p.moment(z * z)
+    res = tp.limit(p)
+    th, est = res.estimate(theta), res.estimate(s)
+    assert th.method == "quadrature" and est.method == "quadrature"
+    assert float(est.value) == pytest.approx(float(th.value) ** 2, abs=1e-12)
+    assert float(est.error) >= float(th.error) > 0
+    assert float(est.error) < 1e-8

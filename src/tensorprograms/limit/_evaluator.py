@@ -111,7 +111,7 @@ class _Evaluator:
                     err += float(th.error.max()) * self.norm(z)
                 self.Z[i] = z.scaled(
                     th.value, self.program._lanes[i], _METHODS.index(th.method), err
-                ).scaled(torch.ones(1, dtype=_F64), self.program._lanes[i])
+                )
             elif isinstance(ins, Nonlin):
                 self.Z[i] = self._nonlin(ins, self.program._lanes[i])
             elif isinstance(ins, Moment):

@@ -12,10 +12,15 @@ when alpha = 1), and ``MuSGD`` / ``MuAdam`` multiply the learning rate of every
 parameter inside a :class:`MuResidual` branch by the factor of
 ``tensorprograms.parametrization.DEPTH_MUP``.
 
-Limitation (TP6): the theory is for blocks with **one** layer (B(x; W) = W phi(x),
-possibly with a normalisation). With two layers per block (a transformer MLP, a
-ResNet basic block) no depth scaling gives an ideal limit and transfer across depth
-is imperfect; the scaling is still applied but comes with no guarantee.
+Limitation (TP6): the theory is for blocks with **one** layer. TP6's block is
+B(x; W) = MS(phi(W x)), with MS(z) = z - mean_i z_i the mean subtraction over the
+width (phi = abs or relu has a positive mean, which L branches would otherwise add
+up to a common vector of size alpha sqrt(L)); among homogeneous nonlinearities
+phi = abs maximises the diversity of the features of different blocks and trains
+best. The built-in ``resmlp`` task uses this block. With two layers per block (a
+transformer MLP, a ResNet basic block) no depth scaling gives an ideal limit and
+transfer across depth is imperfect; the scaling is still applied but comes with no
+guarantee.
 """
 
 from __future__ import annotations

@@ -44,6 +44,16 @@ class _Readout:
     def _input_scale(self) -> float:
         return self.output_mult / self.width_mult()
 
+    def __init__(self, *args, readout_zero_init=False, output_mult=1.0, **kwargs):
+        self.output_mult = float(output_mult)
+        self.readout_zero_init = bool(readout_zero_init)
+        self._mu_width_mult = None
+        super().__init__(*args, **kwargs)
+
+    def reset_parameters(self) -> None:
+        """PyTorch's init of the layer, or zeros with ``readout_zero_init``."""
+        self._zero_or_default(super().reset_parameters)
+
     def _zero_or_default(self, default_reset) -> None:
         if self.readout_zero_init:
             with torch.no_grad():
@@ -52,6 +62,16 @@ class _Readout:
                     self.bias.zero_()
         else:
             default_reset()
+
+
+class _ConvReadout(_Readout):
+    """Convolutional readouts: scale the input, then the layer's own forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self._input_scale()
+        if scale != 1.0:
+            x = x * scale
+        return super().forward(x)
 
 
 def is_readout(module: nn.Module) -> bool:
@@ -86,16 +106,6 @@ class MuReadout(_Readout, nn.Linear):
     >>> model(torch.zeros(3, 4)).shape
     torch.Size([3, 2])
     """
-
-    def __init__(self, *args, readout_zero_init=False, output_mult=1.0, **kwargs):
-        self.output_mult = float(output_mult)
-        self.readout_zero_init = bool(readout_zero_init)
-        self._mu_width_mult = None
-        super().__init__(*args, **kwargs)
-
-    def reset_parameters(self) -> None:
-        """PyTorch's ``nn.Linear`` init, or zeros with ``readout_zero_init``."""
-        self._zero_or_default(super().reset_parameters)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self._input_scale()
@@ -153,7 +163,7 @@ class MuSharedReadout(MuReadout):
                 self.bias.uniform_(-bound, bound)
 
 
-class MuReadoutConv1d(_Readout, nn.Conv1d):
+class MuReadoutConv1d(_ConvReadout, nn.Conv1d):
     """``nn.Conv1d`` readout (e.g. a 1x1 conv head) with multiplier 1/width_mult.
 
     y = conv(output_mult * x / width_mult) + b, width_mult of ``in_channels``.
@@ -163,42 +173,10 @@ class MuReadoutConv1d(_Readout, nn.Conv1d):
     False
     """
 
-    def __init__(self, *args, readout_zero_init=False, output_mult=1.0, **kwargs):
-        self.output_mult = float(output_mult)
-        self.readout_zero_init = bool(readout_zero_init)
-        self._mu_width_mult = None
-        super().__init__(*args, **kwargs)
 
-    def reset_parameters(self) -> None:
-        """PyTorch's init, or zeros with ``readout_zero_init``."""
-        self._zero_or_default(super().reset_parameters)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self._input_scale()
-        if scale != 1.0:
-            x = x * scale
-        return super().forward(x)
-
-
-class MuReadoutConv2d(_Readout, nn.Conv2d):
+class MuReadoutConv2d(_ConvReadout, nn.Conv2d):
     """``nn.Conv2d`` readout with multiplier 1/width_mult (see MuReadoutConv1d).
 
     >>> MuReadoutConv2d(8, 3, 1, output_mult=2.0).output_mult
     2.0
     """
-
-    def __init__(self, *args, readout_zero_init=False, output_mult=1.0, **kwargs):
-        self.output_mult = float(output_mult)
-        self.readout_zero_init = bool(readout_zero_init)
-        self._mu_width_mult = None
-        super().__init__(*args, **kwargs)
-
-    def reset_parameters(self) -> None:
-        """PyTorch's init, or zeros with ``readout_zero_init``."""
-        self._zero_or_default(super().reset_parameters)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self._input_scale()
-        if scale != 1.0:
-            x = x * scale
-        return super().forward(x)

@@ -503,7 +503,11 @@ class TransferResult:
 
     def summary(self) -> str:
         """A text report: optimum per size, its shift, and the verdicts."""
-        lines = [f"transfer sweep on task {self.task!r} (Adam; mean training loss)"]
+        seeds = len({r.get("seed") for r in self.records})
+        lines = [
+            f"transfer sweep on task {self.task!r} (Adam; mean training loss; "
+            f"{seeds} seed{'s' if seeds != 1 else ''})"
+        ]
         bigger = "wider" if self.axis == "width" else "deeper"
         for p in self.parametrizations:
             opt = self.optima(p)
@@ -517,8 +521,8 @@ class TransferResult:
             lines.append(
                 f"    optimum moves by {self.shift(p):.0f} octave(s): "
                 f"{'stable' if self.stable(p) else 'NOT stable'}; {bigger} is "
-                f"{'better' if self.wider_is_better(p) else 'NOT better'} at "
-                "the transferred lr"
+                f"{'not worse' if self.wider_is_better(p) else 'WORSE'} at "
+                "the transferred lr (5% tolerance)"
             )
         return "\n".join(lines)
 
@@ -540,6 +544,16 @@ class TransferResult:
         finite = [r["loss"] for r in self.records if math.isfinite(r["loss"])]
         top = np.percentile(finite, 90) if finite else 1.0
         low = min(finite) if finite else 0.0
+        # losses above the barely-trained level (the smallest learning rate
+        # tried) are divergence: cap the axis there so that the valleys show
+        lr_min = min((r["log2_lr"] for r in self.records), default=None)
+        barely = [
+            r["loss"]
+            for r in self.records
+            if r["log2_lr"] == lr_min and math.isfinite(r["loss"])
+        ]
+        if barely:
+            top = min(top, 1.05 * max(barely))
         for ax, p in zip(axes[0], self.parametrizations):
             for i, s in enumerate(sizes):
                 lrs, loss = self.curve(p, s)
@@ -635,9 +649,9 @@ def transfer_sweep(
     """Learning-rate transfer sweep of a task in muP against SP (TP5, sec. 3).
 
     For every parametrization, width, depth and seed, trains the task with Adam
-    at learning rate ``2 ** log2_lr`` and stores the final training loss as a
-    trial of an Optuna study (see the module docstring for resuming and
-    workers).
+    at learning rate ``2 ** log2_lr`` and stores the minibatch training loss
+    averaged over the run (``train``'s ``metric="mean"``) as a trial of an
+    Optuna study (see the module docstring for resuming and workers).
 
     Args:
         task: a built-in task name (``"mlp"``, ``"resmlp"``, ``"resnet"``,

@@ -5,10 +5,10 @@ in muP or in the standard parametrization (SP), so that a learning-rate sweep
 on it shows whether the optimum transfers (TP5, Yang et al. 2022, section 3):
 
 * ``mlp``: a ReLU MLP on scikit-learn's bundled 8x8 digits (1,797 images).
-* ``resmlp``: a residual MLP on the same digits, one layer per residual block,
-  with Depth-muP (``MuResidual``: branch multipliers ``1 / sqrt(L)`` and Adam
-  learning rates ``~ 1 / sqrt(L)``; TP6, Yang et al. 2023, section 3) for depth
-  transfer.
+* ``resmlp``: a residual MLP on the same digits with TP6's one-layer block
+  ``h + m MS(|W h|)`` (mean subtraction, absolute value), with Depth-muP
+  (``MuResidual``: branch multipliers ``1 / sqrt(L)`` and Adam learning rates
+  ``~ 1 / sqrt(L)``; TP6, Yang et al. 2023) for depth transfer.
 * ``resnet``: a ResNet-style convnet on the digits seen as 1 x 8 x 8 images.
 * ``transformer``: a GPT-style character-level transformer trained on the
   source text of a module of Python's standard library.
@@ -175,15 +175,25 @@ class MLP(nn.Module):
         return self.readout(h)  # (batch, d_out)
 
 
-class _Branch(nn.Module):
-    """One-layer residual branch ``W relu(h)`` (TP6's block)."""
+_BRANCH_NONLINEARITIES = {"abs": torch.abs, "relu": torch.relu}
 
-    def __init__(self, width: int):
+
+class _Branch(nn.Module):
+    """One-layer residual branch ``MS(phi(W h))`` (TP6's block).
+
+    ``MS(z) = z - mean_i z_i`` subtracts the mean over the width: ``phi(W h)``
+    has a positive mean per coordinate for ``phi`` = abs or relu, and without it
+    the ``L`` branches would add a common vector of size ``sqrt(L)``.
+    """
+
+    def __init__(self, width: int, phi: str = "abs"):
         super().__init__()
         self.linear = nn.Linear(width, width)
+        self.phi = _BRANCH_NONLINEARITIES[phi]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.relu(h))  # (batch, width)
+        z = self.phi(self.linear(h))  # (batch, width)
+        return z - z.mean(dim=-1, keepdim=True)  # (batch, width)
 
 
 class _PlainResidual(nn.Module):
@@ -196,13 +206,29 @@ class _PlainResidual(nn.Module):
 
 
 class ResidualMLP(nn.Module):
-    """Residual MLP with one layer per block (TP6, section 3).
+    """Residual MLP with one layer per block (TP6, Yang et al. 2023).
 
-    ``h^0 = W_in x``; ``h^l = h^(l-1) + m W^l relu(h^(l-1))`` for
-    ``l = 1..depth``; output ``readout(relu(h^L))``. In muP the blocks are
+    ``h^0 = W_in x``; ``h^l = h^(l-1) + m MS(phi(W^l h^(l-1)))`` for
+    ``l = 1..depth``, with ``MS`` the mean subtraction over the width; output
+    ``readout(h^L)``. This is TP6's one-layer block; ``phi = abs`` (the default)
+    is the homogeneous nonlinearity that maximises feature diversity across
+    blocks (TP6), ``"relu"`` the common alternative. In muP the blocks are
     :class:`tensorprograms.mup.MuResidual` (Depth-muP): ``m = sqrt(base_depth /
     depth)``, and ``MuAdam`` scales the branch learning rates by
     ``sqrt(base_depth / depth)``; in SP ``m = 1`` and nothing is scaled.
+
+    Args:
+        width: hidden width n.
+        depth: number L of residual blocks (>= 1).
+        d_in, d_out: input and output dimensions (finite).
+        parametrization: ``"mup"`` (Depth-muP blocks, ``MuReadout``) or ``"sp"``.
+        base_depth: L0, the depth at which Depth-muP equals SP.
+        phi: the branch nonlinearity, ``"abs"`` or ``"relu"``.
+
+    Example:
+        >>> net = ResidualMLP(16, depth=8, parametrization="sp", phi="abs")
+        >>> net(torch.zeros(3, 64)).shape
+        torch.Size([3, 10])
     """
 
     def __init__(
@@ -213,20 +239,26 @@ class ResidualMLP(nn.Module):
         d_out: int = 10,
         parametrization: str = "mup",
         base_depth: int = 2,
+        phi: str = "abs",
     ):
         super().__init__()
         _check_parametrization(parametrization)
         if depth < 1:
             raise ValueError(f"ResidualMLP depth must be >= 1, got {depth}")
+        if phi not in _BRANCH_NONLINEARITIES:
+            raise ValueError(
+                f"ResidualMLP phi must be one of {tuple(_BRANCH_NONLINEARITIES)}, "
+                f"got {phi!r}"
+            )
         self.input = nn.Linear(d_in, width)
         if parametrization == "mup":
             from tensorprograms.mup import MuResidual
 
             blocks = (
-                MuResidual(_Branch(width), depth, base_depth) for _ in range(depth)
+                MuResidual(_Branch(width, phi), depth, base_depth) for _ in range(depth)
             )
         else:
-            blocks = (_PlainResidual(_Branch(width)) for _ in range(depth))
+            blocks = (_PlainResidual(_Branch(width, phi)) for _ in range(depth))
         self.blocks = nn.ModuleList(blocks)
         self.readout = _readout(width, d_out, parametrization)
 
@@ -234,7 +266,7 @@ class ResidualMLP(nn.Module):
         h = self.input(x)  # (batch, width)
         for block in self.blocks:
             h = block(h)  # (batch, width)
-        return self.readout(torch.relu(h))  # (batch, d_out)
+        return self.readout(h)  # (batch, d_out)
 
 
 class ResNet(nn.Module):
@@ -537,6 +569,9 @@ def _make_mlp() -> Task:
 
 
 def _make_resmlp() -> Task:
+    # every depth fits the training digits within the 150 steps (full-set loss
+    # ~1e-3 near the optimum), so sweeps compare the mean loss over the run (how
+    # fast each depth trains), not the final loss (mostly Adam's post-fit spikes)
     return _digits_task(
         "resmlp",
         lambda w, d, p: ResidualMLP(w, d, parametrization=p, base_depth=2),
