@@ -201,6 +201,7 @@ class Layer:
             s = self._from_input(x1[i : i + b], None, in_full, out_full, (record,))
             records[i] = _keep(record, storage, i // b, n_tiles)
             _check_finite(s, self)
+            s = _mirror(s, swap)
             nngp[i : i + b, i : i + b] = s.nngp
             ntk[i : i + b, i : i + b] = s.ntk
         for i in range(0, n1, b):
@@ -220,6 +221,8 @@ class Layer:
                         "a layer returned a diagonal state; please report"
                     )
                 _check_finite(s, self)
+                if same:
+                    s = _mirror(s, swap)
                 nngp[i : i + b, j : j + b] = s.nngp
                 ntk[i : i + b, j : j + b] = s.ntk
                 if x2 is None and not same:
@@ -284,6 +287,18 @@ def _keep(record: list, storage: dict, tile: int, n_tiles: int) -> list:
             storage[key] = r.new_empty((n_tiles, *r.shape))
         kept.append(storage[key][tile].copy_(r))
     return kept
+
+
+def _mirror(s: _State, swap: tuple[int, ...]) -> _State:
+    """Make a tile of K(x, x) on the diagonal exactly symmetric.
+
+    Matrix products (BLAS) need not return x x^T bit-symmetric; averaging a tile with
+    its transpose, ``k[a, b, i, j] = k[b, a, j, i]``, changes only rounding and makes
+    ``torch.equal(K, K.T)`` hold for the assembled kernel.
+    """
+    return s.replace(
+        nngp=(s.nngp + s.nngp.permute(swap)) / 2, ntk=(s.ntk + s.ntk.permute(swap)) / 2
+    )
 
 
 def _check_input(x, name: str) -> torch.Tensor:
