@@ -174,3 +174,30 @@ def test_code_written_for_mup_runs_by_changing_the_import(tmp_path):
     optimizer = MuSGD(model.parameters(), lr=0.1)
     model(torch.randn(3, 5)).sum().backward()
     optimizer.step()
+
+
+def test_tied_readout_with_bias():
+    """One bias entry per vocabulary item, drawn width-independently (Table 3)."""
+
+    class Tied(nn.Module):
+        def __init__(self, width, vocab=50):
+            super().__init__()
+            self.emb = nn.Embedding(vocab, width)
+            self.head = tpm.MuSharedReadout(self.emb.weight)  # bias=True
+
+        def forward(self, idx):
+            return self.head(self.emb(idx))
+
+    torch.manual_seed(0)
+    model = tpm.set_base_shapes(Tied(64), Tied(16))
+    head = model.head
+    assert head.bias.shape == (50,) and head.weight is model.emb.weight
+    assert (head.in_features, head.out_features) == (64, 50)
+    idx = torch.tensor([[1, 7, 3]])
+    h = model.emb(idx)
+    torch.testing.assert_close(model(idx), F.linear(h / 4, model.emb.weight, head.bias))
+    # PyTorch's bound 1/sqrt(64) times sqrt(width_mult): 1/sqrt(base width 16);
+    # 50 uniform draws all below half the bound has probability 2^-50
+    assert head.bias.abs().max() <= 16**-0.5
+    assert head.bias.abs().max() > 64**-0.5
+    assert "bias" in dict(head.named_parameters())

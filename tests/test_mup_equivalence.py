@@ -9,9 +9,12 @@ agree exactly; after training steps we allow
 float32 round-off (1e-6 relative), as the order of the per-group updates differs.
 """
 
+import tempfile
+
 import pytest
 import torch
 from mup_models import GPT, MLP
+from torch import nn
 
 import tensorprograms.mup as tpm
 
@@ -78,9 +81,14 @@ def test_same_learning_rates_and_training(cls, name):
         }
         assert part == part_ref
 
-    x = inputs(cls)
+    train_and_compare(ref, opt_ref, ours, opt, inputs(cls))
+
+
+def train_and_compare(ref, opt_ref, ours, opt, x, steps=3):
+    """Train both models on the same batch; parameters agree to float32 round-off
+    (the per-group updates are taken in another order)."""
     for model, o in ((ref, opt_ref), (ours, opt)):
-        for _ in range(3):
+        for _ in range(steps):
             o.zero_grad()
             model(x).square().mean().backward()
             o.step()
@@ -118,3 +126,60 @@ def test_same_init_functions(fn, kw):
         torch.manual_seed(7)
         getattr(tpm.init, fn)(q, **kw)
         torch.testing.assert_close(p, q, rtol=1e-6, atol=0, msg=name)
+
+
+class Zoo(nn.Module):
+    """PyTorch layers whose hidden weights are not ``nn.Linear``: attention's packed
+    in-projection, a GRU, a custom parameter drawn like PyTorch's default, and a
+    transposed convolution from a fixed number of channels into the width."""
+
+    def __init__(self, width, readout):
+        super().__init__()
+        self.up = nn.ConvTranspose1d(2, width, 2, stride=2)
+        self.attn = nn.MultiheadAttention(width, 2, batch_first=True)
+        self.gru = nn.GRU(width, width, batch_first=True)
+        self.mix = nn.Parameter(torch.randn(width, width) / width**0.5)
+        self.out = readout(width, 3)
+
+    def forward(self, x):  # x: (batch, 2, length)
+        h = torch.relu(self.up(x)).transpose(1, 2)  # (batch, 2 length, width)
+        h = h + self.attn(h, h, h)[0]
+        h = self.gru(h)[0] @ self.mix.T
+        return self.out(h.mean(1))
+
+
+def test_same_init_and_training_for_non_linear_hidden_weights():
+    """mup leaves every weight but a readout's alone, whatever layer drew it."""
+    models = {}
+    for lib in (mup, tpm):
+        torch.manual_seed(0)
+        model = Zoo(64, lib.MuReadout)
+        lib.set_base_shapes(model, Zoo(16, lib.MuReadout), delta=Zoo(32, lib.MuReadout))
+        models[lib] = model
+    ref, ours = models[mup], models[tpm]
+    for (n, p), (_, q) in zip(ref.named_parameters(), ours.named_parameters()):
+        assert torch.equal(p, q), n
+    x = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ref(x), ours(x))
+    opt_ref = mup.MuAdam(ref.parameters(), lr=0.01)
+    train_and_compare(ref, opt_ref, ours, tpm.MuAdam(ours.parameters(), lr=0.01), x)
+
+
+def test_base_shapes_from_mup():
+    """mup's make_base_shapes result (a dict of its InfShapes) and its YAML file,
+    also when saved from a DistributedDataParallel-wrapped model ("module.")."""
+    base, delta = MLP(16, mup.MuReadout), MLP(32, mup.MuReadout)
+    wrapped = {"module." + n: s for n, s in mup.get_shapes(base).items()}
+    wrapped_delta = {"module." + n: s for n, s in mup.get_shapes(delta).items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        path, ddp_path = f"{tmp}/mlp.bsh", f"{tmp}/ddp.bsh"
+        mup.make_base_shapes(base, delta, path)
+        mup.make_base_shapes(wrapped, wrapped_delta, ddp_path)
+        sources = [mup.make_base_shapes(base, delta), path, ddp_path]
+        expected = build(tpm, MLP, 64)
+        for source in sources:
+            torch.manual_seed(0)
+            model = tpm.set_base_shapes(MLP(64, tpm.MuReadout), source)
+            assert tpm.get_state(model).infos == tpm.get_state(expected).infos
+            for p, q in zip(model.parameters(), expected.parameters()):
+                assert torch.equal(p, q)

@@ -143,8 +143,17 @@ class MuSharedReadout(MuReadout):
     """
 
     def __init__(self, weight: nn.Parameter, bias: bool = True, **kwargs):
+        if weight.dim() != 2:
+            raise ValueError(
+                "MuSharedReadout expects an embedding weight of shape (vocab, width), "
+                f"got shape {tuple(weight.shape)}"
+            )
         self._tied = False
-        super().__init__(*weight.shape, bias=bias, **kwargs)
+        vocab, width = weight.shape
+        # in_features = width, out_features = vocab: the bias has one entry per
+        # output (mup 1.0.0 builds it with the width's size, so bias=True fails
+        # there; with bias=False the random draws are the same as mup's)
+        super().__init__(width, vocab, bias=bias, **kwargs)
         self.weight = weight
         self._tied = True
 

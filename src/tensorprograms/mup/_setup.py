@@ -31,12 +31,13 @@ from ._depth import depth_mults
 from ._readout import is_readout
 from ._shapes import (
     BaseShapes,
-    InfShape,
     Role,
     _as_shapes,
     _zip_base,
+    align_names,
     clean_name,
     infer_infos,
+    is_infshape,
     param_shapes,
     plain_base,
     save_base_shapes,
@@ -68,7 +69,7 @@ def _explicit(base) -> bool:
     if isinstance(base, BaseShapes | str):
         return True
     if isinstance(base, Mapping):
-        return any(isinstance(v, InfShape) for v in base.values())
+        return any(is_infshape(v) for v in base.values())
     return False
 
 
@@ -76,9 +77,10 @@ def _resolve_base(model, base, delta) -> dict[str, tuple]:
     model_shapes = param_shapes(model)
     if base is None:
         base = model
-    base_shapes = _as_shapes(base, "base")
+    base_shapes = align_names(_as_shapes(base, "base"), model_shapes)
     if delta is not None:
-        return _zip_base(base_shapes, _as_shapes(delta, "delta"))
+        delta_shapes = align_names(_as_shapes(delta, "delta"), model_shapes)
+        return _zip_base(base_shapes, delta_shapes)
     if _explicit(base):
         return base_shapes
     return plain_base(base_shapes, model_shapes)
@@ -87,8 +89,12 @@ def _resolve_base(model, base, delta) -> dict[str, tuple]:
 def _torch_std_factor(model: nn.Module, infos, names) -> dict[str, float]:
     """How PyTorch's default init of each parameter scales with width, vs. base.
 
-    ``nn.Linear`` / ``nn.Conv*d`` draw weight and bias with std ~ fan_in^(-1/2);
-    embeddings, norms and custom parameters are taken as width-independent.
+    ``nn.Linear`` / ``nn.Conv*d`` draw weight and bias with std ~ fan_in^(-1/2).
+    Every other hidden weight (``nn.MultiheadAttention``'s ``in_proj_weight``,
+    recurrent weights, custom parameters) is taken to be drawn like them, with
+    std ~ fan_in^(-1/2) (PyTorch's layers all do; ``mup`` assumes the same and
+    leaves such weights alone). Embeddings, norms and other custom parameters are
+    taken as width-independent.
     """
     out = {}
     for module in model.modules():
@@ -108,6 +114,9 @@ def _torch_std_factor(model: nn.Module, infos, names) -> dict[str, float]:
             for p in module.parameters(recurse=False):
                 if id(p) in names:
                     out[names[id(p)]] = 1.0
+    for name in names.values():
+        if infos[name].role is Role.HIDDEN:
+            out.setdefault(name, infos[name].fan_in_mult ** -0.5)
     return out
 
 
@@ -117,8 +126,18 @@ def _target_factors(model: nn.Module, infos, parametrization: str) -> dict:
     names = {id(p): clean_name(n) for n, p in model.named_parameters()}
     table = get_parametrization(parametrization, "sgd")  # b is the same for Adam
     torch_std = _torch_std_factor(model, infos, names)
+    # PyTorch draws a transposed convolution's weight with std ~ 1/sqrt(out
+    # channels); it is kept as drawn, as mup does (its bias is rescaled like any
+    # bias). Re-initialise it with tensorprograms.mup.init to get Table 3's scale.
+    transposed = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, nn.modules.conv._ConvTransposeNd)
+    }
     factors = {}
-    for name in names.values():
+    for pid, name in names.items():
+        if pid in transposed:
+            continue
         info = infos[name]
         target = 1.0
         if parametrization == "sp" and info.multiplier_exponent == 0.0:
@@ -142,9 +161,10 @@ def _check_readouts(model: nn.Module, infos, do_assert: bool) -> None:
     for name, p in model.named_parameters():
         info = infos[clean_name(name)]
         if info.role is Role.OUTPUT and id(p) not in readout:
+            width = info.infshape.main
             raise ValueError(
                 f"parameter {name!r} ({info.module_type}) maps the width "
-                f"(fan_in {info.infshape[1].dim}, base {info.infshape[1].base_dim}) "
+                f"(fan_in {width.dim}, base {width.base_dim}) "
                 "to a fixed size, so it is a readout: use MuReadout (or "
                 "MuReadoutConv*d / MuSharedReadout) instead, or make its fan_out a "
                 "width too; do_assert=False skips this check"

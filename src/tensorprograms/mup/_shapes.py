@@ -222,16 +222,48 @@ def clean_name(name: str, prefix: str = "") -> str:
     return ".".join(parts)
 
 
+def is_infshape(shape) -> bool:
+    """True for an :class:`InfShape` or ``mup``'s (both have ``base_shape()``)."""
+    return callable(getattr(shape, "base_shape", None))
+
+
+# Name prefixes of wrappers: DistributedDataParallel / DataParallel, torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def align_names(shapes: dict, names) -> dict:
+    """``shapes`` without a wrapper prefix that all its names have and none of
+    ``names`` has (a base saved from a DDP-wrapped or compiled model).
+
+    >>> align_names({"module.fc.weight": (4, 2)}, ["fc.weight"])
+    {'fc.weight': (4, 2)}
+    """
+    names = list(names)
+    changed = True
+    while changed and shapes:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in shapes) and not any(
+                n.startswith(prefix) for n in names
+            ):
+                shapes = {k[len(prefix) :]: v for k, v in shapes.items()}
+                changed = True
+    return shapes
+
+
 def _as_shapes(obj, what: str) -> dict[str, tuple]:
     """Shapes by name from a module, a mapping of shapes, or a base-shapes file."""
     if isinstance(obj, nn.Module):
+        from ._setup import unwrap
+
+        obj = unwrap(obj)
         return {clean_name(n): tuple(p.shape) for n, p in obj.named_parameters()}
     if isinstance(obj, BaseShapes):
         return dict(obj)
     if isinstance(obj, Mapping):
         out = {}
         for name, shape in obj.items():
-            if isinstance(shape, InfShape):
+            if is_infshape(shape):  # ours, or mup's make_base_shapes output
                 out[clean_name(name)] = tuple(shape.base_shape())
             else:
                 out[clean_name(name)] = tuple(shape)
@@ -311,7 +343,8 @@ def make_base_shapes(base_shapes, delta_shapes, savefile: str | None = None):
     ((8, None), (8,))
     """
     base = _as_shapes(base_shapes, "base_shapes")
-    delta = _as_shapes(delta_shapes, "delta_shapes")
+    delta = align_names(_as_shapes(delta_shapes, "delta_shapes"), base)
+    base = align_names(base, delta)
     out = BaseShapes(_zip_base(base, delta))
     if savefile is not None:
         save_base_shapes(out, savefile)
@@ -397,6 +430,11 @@ def _role(name: str, shape: InfShape, modules: Iterable[nn.Module]) -> tuple:
         return Role.INPUT, False
     if len(shape) == 1:
         return Role.VECTOR, False
+    if any(isinstance(m, nn.modules.conv._ConvTransposeNd) for m in modules):
+        # transposed convolutions store (in_channels, out_channels / groups, ...):
+        # classify with fan_out first like every other weight (the learning rates
+        # then use PyTorch's and mup's fan_in, dimension 1, as for any weight)
+        shape = InfShape((shape[1], shape[0], *shape.dims[2:]))
     linear_like = any(
         isinstance(m, nn.Linear | nn.Bilinear | nn.modules.conv._ConvNd)
         for m in modules
