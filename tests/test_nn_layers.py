@@ -164,6 +164,38 @@ def test_norm_residual_parallel_finite_width(block):
     assert float((emp - lim.nngp).norm() / lim.nngp.norm()) < 0.05
 
 
+def test_nonlinearity_after_parallel_acts_within_each_branch():
+    # The units of parallel branches with different kernels are not identically
+    # distributed: the next layer's kernel is the channel-weighted mean over the
+    # branches of E[phi phi'], not E[phi phi'] of the mean kernel (which is off by
+    # ~50% here). Both sides are the same closed forms, so agreement is to rounding.
+    x = torch.from_numpy(np.random.default_rng(8).standard_normal((4, 3)))
+    first = nn.Dense(3, W_std=0.3)
+    second = nn.Dense(9, W_std=2.5, b_std=1.0)
+    tail = (nn.Erf(), nn.Dense(1, W_std=1.1, b_std=0.1))
+    net = nn.serial(nn.parallel(first, second), *tail)
+    k1, k2 = nn.serial(first, *tail).kernel(x), nn.serial(second, *tail).kernel(x)
+    got = net.kernel(x)
+    for kind in ("nngp", "ntk"):
+        want = 0.25 * getattr(k1, kind) + 0.75 * getattr(k2, kind)
+        torch.testing.assert_close(getattr(got, kind), want, rtol=1e-12, atol=0)
+    cross = net.kernel(x[:2], x[1:])
+    torch.testing.assert_close(cross.ntk, got.ntk[:2, 1:], rtol=1e-12, atol=0)
+
+    # Conv branches, pooling between the concatenation and the nonlinearity.
+    xi = torch.from_numpy(np.random.default_rng(9).standard_normal((3, 4, 4, 2)))
+    conv_a = nn.Conv(2, (3, 3), padding="SAME", W_std=0.5)
+    conv_b = nn.Conv(2, (1, 1), padding="SAME", W_std=2.0, b_std=0.5)
+    tail = (nn.AvgPool((2, 2)), nn.Relu(), nn.GlobalAvgPool(), nn.Dense(1))
+    got = nn.serial(nn.parallel(conv_a, conv_b), *tail).kernel(xi)
+    ka, kb = (nn.serial(c, *tail).kernel(xi) for c in (conv_a, conv_b))
+    torch.testing.assert_close(got.ntk, (ka.ntk + kb.ntk) / 2, rtol=1e-12, atol=0)
+
+    # A nonlinearity that cannot be moved into the branches is refused.
+    with pytest.raises(ValueError, match=r"layer 2 \(Relu\).*parallel branches"):
+        nn.serial(nn.parallel(first, second), nn.LayerNorm(), nn.Relu()).kernel(x)
+
+
 def test_layernorm_and_residual_closed_forms():
     x = torch.from_numpy(np.random.default_rng(5).standard_normal((3, 4)))
     dense = nn.Dense(1, W_std=1.3, b_std=0.2)

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ._kernel import _State, pair_shapes, self_pair_shapes
+from ._kernel import _State, mixed_message, pair_shapes, self_pair_shapes
 from ._layer import Layer
 from ._sample import Function
 
@@ -81,6 +81,8 @@ class _Activation(Layer):
                 "E[phi(u) phi(u')] over a Gaussian would be wrong; put a Dense, Conv "
                 "or attention layer before it"
             )
+        if s.mixed:
+            raise ValueError(mixed_message(type(self).__name__))
         nd = len(s.spatial)
         q1, q2 = s.variances()
         if (q1 < 0).any() or (q2 < 0).any():

@@ -175,6 +175,7 @@ class GlobalSelfAttention(Layer):
             cov2=None if s.symmetric else self_mix(cov2, g2),
             channels=self.n_chan_out,
             gaussian=True,
+            mixed=False,
         )
         return out if out_full else out.to_diagonal()
 
@@ -208,6 +209,7 @@ class GlobalSelfAttention(Layer):
             ntk=ntk.reshape(shape),
             channels=self.n_chan_out,
             gaussian=True,
+            mixed=False,
         )
         return out if out_full else out.to_diagonal()
 

@@ -27,6 +27,14 @@ def _name(i: int, layer: Layer) -> str:
     return f"layer {i} ({type(layer).__name__})"
 
 
+def _check_state(s: _State, i: int, layer: Layer) -> None:
+    if not (torch.isfinite(s.nngp.sum()) and torch.isfinite(s.ntk.sum())):
+        raise ValueError(
+            f"{_name(i, layer)}: the kernel has non-finite entries (overflow "
+            "or an undefined limit)"
+        )
+
+
 class Serial(Layer):
     """Layers applied one after the other; built by `serial`.
 
@@ -68,7 +76,7 @@ class Serial(Layer):
         )
 
     def _from_input(self, x1, x2, in_full, out_full, cache=None):
-        if not self.layers:
+        if not self.layers or self._per_unit_tail(0):
             return super()._from_input(x1, x2, in_full, out_full)
         modes = self._modes(out_full)
         try:
@@ -95,12 +103,43 @@ class Serial(Layer):
             return s
         return s.replace(cov1=cache[0][i], cov2=cache[1][i], variance_only=True)
 
+    def _per_unit_tail(self, i: int) -> tuple[Layer, ...]:
+        """The layers after a `parallel` at index i that act on each unit alone
+        (activations, with pooling or Flatten among them), up to the last
+        activation: `Parallel` applies them within each branch."""
+        from ._activations import _Activation
+        from ._conv import AvgPool, Flatten, GlobalAvgPool
+
+        if not isinstance(self.layers[i], Parallel):
+            return ()
+        tail, end = [], 0
+        for layer in self.layers[i + 1 :]:
+            if not isinstance(layer, _Activation | AvgPool | Flatten | GlobalAvgPool):
+                break
+            tail.append(layer)
+            if isinstance(layer, _Activation):
+                end = len(tail)
+        return tuple(tail[:end])
+
     def _step(self, s: _State, out_full: bool, start: int = 0, cache=None) -> _State:
         modes = self._modes(out_full)
         fused = False
+        skip = 0
         for i, layer in enumerate(self.layers):
-            if i < start or fused:  # fused: layer i was applied with layer i - 1
+            if i < start or fused or skip:  # fused: applied with layer i - 1
                 fused = False
+                skip = max(skip - 1, 0)
+                continue
+            tail = self._per_unit_tail(i)
+            if tail:
+                # Applied within each branch by the parallel layer (cache is None
+                # here: Parallel does not allow variance caching).
+                skip = len(tail)
+                try:
+                    s = layer._step(s, modes[i + 1 + skip], tail=tail)
+                except ValueError as e:
+                    raise ValueError(f"{_name(i, layer)}: {e}") from None
+                _check_state(s, i, layer)
                 continue
             nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
             # A closed-form activation followed by global average pooling: the
@@ -123,11 +162,7 @@ class Serial(Layer):
                 s = self._cached(s, cache, i + 1)
             else:
                 s = self._cached(s, cache, i)
-            if not (torch.isfinite(s.nngp.sum()) and torch.isfinite(s.ntk.sum())):
-                raise ValueError(
-                    f"{_name(i, layer)}: the kernel has non-finite entries (overflow "
-                    "or an undefined limit)"
-                )
+            _check_state(s, i, layer)
         return s
 
     def _build(self, in_shape, ctx: _BuildContext):
@@ -171,9 +206,14 @@ class Parallel(Layer):
     """Branches applied to the same input, outputs concatenated along channels.
 
     Limit rule: the per-unit kernels of a concatenation are the branches' kernels
-    averaged with weights proportional to their declared output channels. Sampled
-    networks give every hidden branch the same width, so finite and infinite agree
-    when branches declare equal output channels.
+    averaged with weights proportional to their declared output channels. The
+    units of different branches are not identically distributed, so only layers
+    linear in the per-unit kernel (Dense, Conv, pooling, Flatten, attention,
+    LayerNorm) may act on the concatenation as a whole; nonlinearities that follow
+    `parallel` directly in a `serial` (possibly with pooling or Flatten between)
+    are applied within each branch before the average, which is what the finite
+    network computes. Sampled networks give every hidden branch the same width, so
+    finite and infinite agree when branches declare equal output channels.
     """
 
     def __init__(self, *layers: Layer):
@@ -204,11 +244,14 @@ class Parallel(Layer):
     def _whole_batch(self):
         return any(layer._whole_batch() for layer in self.layers)
 
-    def _step(self, s: _State, out_full: bool) -> _State:
+    def _step(self, s: _State, out_full: bool, tail: tuple = ()) -> _State:
+        """The branches' kernels, each followed by the per-unit layers `tail`
+        (the layers after this one that `Serial` hands over), then averaged."""
         outs = []
         for i, layer in enumerate(self.layers):
+            branch = Serial(layer, *tail) if tail else layer
             try:
-                o = layer._step(s, out_full)
+                o = branch._step(s, out_full)
             except ValueError as e:
                 raise ValueError(f"branch {i} ({type(layer).__name__}): {e}") from None
             outs.append(o if out_full else o.to_diagonal())
@@ -227,6 +270,7 @@ class Parallel(Layer):
             cov2=cov2,
             channels=total,
             gaussian=all(o.gaussian for o in outs),
+            mixed=len(outs) > 1 or outs[0].mixed,
         )
 
     def _build(self, in_shape, ctx):
@@ -337,6 +381,7 @@ class Residual(Layer):
             cov1=None if s.symmetric else x.cov1 + m2 * b.cov1,
             cov2=None if s.symmetric else x.cov2 + m2 * b.cov2,
             gaussian=s.gaussian and b.gaussian,
+            mixed=s.mixed or b.mixed,
         )
 
     def _build(self, in_shape, ctx: _BuildContext):

@@ -238,6 +238,7 @@ class Conv(Layer):
             spatial=tuple(g[0] for g in geoms),
             channels=self.out_chan,
             gaussian=True,
+            mixed=False,
         )
         return out if out_full else out.to_diagonal()
 
@@ -303,6 +304,7 @@ class Conv(Layer):
             full=out_full,
             channels=self.out_chan,
             gaussian=True,
+            mixed=False,
         )
 
     def _build(self, in_shape, ctx: _BuildContext):

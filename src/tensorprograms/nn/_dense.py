@@ -152,6 +152,7 @@ class Dense(Layer):
             cov2=cov2,
             channels=self.out_dim,
             gaussian=True,
+            mixed=False,
         )
         return s if out_full else s.to_diagonal()
 

@@ -29,6 +29,16 @@ import torch
 __all__ = ["Kernel"]
 
 
+def mixed_message(layer: str) -> str:
+    """Why a nonlinear per-unit layer refuses the output of `parallel`."""
+    return (
+        f"{layer}: its input concatenates parallel branches with different "
+        "kernels, and a nonlinearity of the mean kernel is not the mean over the "
+        "branches; apply it directly after parallel (it is then applied within "
+        "each branch) or put a Dense/Conv in between"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Kernel:
     """Infinite-width NNGP and NTK of a network between two batches of inputs.
@@ -75,6 +85,12 @@ class _State:
         variance_only: cov1 and cov2 hold only the variances (B, *S), read from the
             diagonal tiles of the same kernel (cross tiles of K(x, x) skip the self
             covariances, which those tiles already computed).
+        mixed: the units are not identically distributed: channels concatenated
+            by `parallel` from branches with different kernels, nngp being their
+            channel-weighted mean. Layers linear in the per-unit kernel (Dense,
+            Conv, pooling, Flatten, attention, LayerNorm) are exact on it; a
+            nonlinearity is not (E[phi phi'] of the mean kernel is not the mean of
+            the branches' E[phi phi']), so those raise.
     """
 
     nngp: torch.Tensor
@@ -86,6 +102,7 @@ class _State:
     channels: int
     gaussian: bool
     variance_only: bool = False
+    mixed: bool = False
 
     def replace(self, **changes) -> _State:
         return dataclasses.replace(self, **changes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._kernel import _State, pair_shapes, self_pair_shapes
+from ._kernel import _State, mixed_message, pair_shapes, self_pair_shapes
 from ._layer import Layer
 from ._sample import Function
 
@@ -160,6 +160,8 @@ class BatchNorm(Layer):
                 "BatchNorm: its input units are not Gaussian in the limit; put it "
                 "after Dense/Conv/attention"
             )
+        if s.mixed:
+            raise ValueError(mixed_message("BatchNorm"))
         nngp, ntk = _batchnorm_kernel(s.nngp, s.ntk, self.eps)
         return s.replace(nngp=nngp, ntk=ntk, gaussian=False)
 

@@ -155,6 +155,7 @@ class RNN(Layer):
             full=False,
             channels=self.out_dim,
             gaussian=False,
+            mixed=False,
         )
 
     @staticmethod
