@@ -26,6 +26,13 @@ def _pads(n, k, s, padding):
     return out, total // 2
 
 
+def _nt_layout(k):
+    """(N1, N2, *i, *j) -> (N1, N2, i1, j1, i2, j2, ...): the layout of kernels with
+    spatial outputs (neural-tangents'; the same array for one spatial axis)."""
+    nd = (k.ndim - 2) // 2
+    return k.transpose(0, 1, *(a for t in range(nd) for a in (2 + t, 2 + nd + t)))
+
+
 def _brute_conv(x, filt, strides, padding, w, b):
     """nngp[a, c, i, j] of one conv layer by explicit loops over positions."""
     x = x.numpy()
@@ -60,7 +67,7 @@ def test_conv_matches_brute_force(padding, shape, filt, strides):
     x = _x((3, *shape))
     layer = nn.Conv(4, filt, strides=strides, padding=padding, W_std=1.3, b_std=0.2)
     k = layer.kernel(x)
-    expected = _brute_conv(x, filt, strides, padding, 1.3, 0.2)
+    expected = _nt_layout(_brute_conv(x, filt, strides, padding, 1.3, 0.2))
     np.testing.assert_allclose(k.nngp.numpy(), expected, rtol=0, atol=TOL)
     # NTK parametrization, first layer: ntk = nngp (inputs carry no parameters).
     np.testing.assert_allclose(k.ntk.numpy(), expected, rtol=0, atol=TOL)
@@ -81,7 +88,7 @@ def test_pooling_and_flatten_match_brute_force():
         win1 = pad[:, :, 2 * i1 : 2 * i1 + 2, i2 : i2 + 2]
         win = win1[..., 2 * j1 : 2 * j1 + 2, j2 : j2 + 2]
         expected[:, :, i1, i2, j1, j2] = win.sum(axis=(2, 3, 4, 5)) / 16
-    np.testing.assert_allclose(pooled, expected, rtol=0, atol=TOL)
+    np.testing.assert_allclose(pooled, _nt_layout(expected), rtol=0, atol=TOL)
 
     gap = nn.GlobalAvgPool().kernel(x).nngp.numpy()
     means = xn.mean(axis=(1, 2))

@@ -48,8 +48,9 @@ class Kernel:
     al. 2018; TP1 section 3 and TP2 for the limit theorems).
 
     Attributes:
-        nngp: float64 tensor of shape (N1, N2), or (N1, N2, *S, *S) when the network
-            output keeps spatial axes S.
+        nngp: float64 tensor of shape (N1, N2), or (N1, N2, S_1, S_1, ..., S_d,
+            S_d) when the network output keeps spatial axes (S_1, ..., S_d): the
+            two positions of each axis side by side, as in neural-tangents.
         ntk: float64 tensor of the same shape.
 
     Example:

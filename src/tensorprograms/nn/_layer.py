@@ -141,8 +141,10 @@ class Layer:
             block_size: inputs per tile side; chosen from a memory budget if None.
 
         Returns:
-            `Kernel` with nngp and ntk of shape (N1, N2), or (N1, N2, *So, *So) when
-            the output keeps spatial axes So.
+            `Kernel` with nngp and ntk of shape (N1, N2), or, when the output keeps
+            spatial axes So = (S_1, ..., S_d), (N1, N2, S_1, S_1, ..., S_d, S_d):
+            ``nngp[a, b, i1, j1, i2, j2]`` pairs position (i1, i2) of x1[a] with
+            (j1, j2) of x2[b] (neural-tangents' layout).
 
         Example:
             >>> import torch
@@ -228,6 +230,12 @@ class Layer:
                 if x2 is None and not same:
                     nngp[j : j + b, i : i + b] = s.nngp.permute(swap)
                     ntk[j : j + b, i : i + b] = s.ntk.permute(swap)
+        if nd > 1:
+            # neural-tangents' layout: the two positions of each spatial axis side
+            # by side, (N1, N2, H, H', W, W').
+            order = (0, 1, *(a for t in range(nd) for a in (2 + t, 2 + nd + t)))
+            nngp = nngp.permute(order).contiguous()
+            ntk = ntk.permute(order).contiguous()
         return Kernel(nngp=nngp, ntk=ntk)
 
     # -- finite width ---------------------------------------------------------------
