@@ -1,5 +1,6 @@
 """predict and empirical kernels on networks described with tensorprograms.nn."""
 
+import pytest
 import torch
 from relu_mlp import relu_kernels
 
@@ -65,3 +66,23 @@ def test_sampled_networks_approach_model_kernel():
     # One hidden layer: h^1 is exactly Gaussian, so E[f f'] is the NNGP at any width
     # and only Monte Carlo error remains (4.5 standard errors, 15 entries).
     assert bool(((mc.value - k.nngp).abs() < 4.5 * mc.stderr).all())
+
+
+def test_near_duplicate_inputs_train_at_finite_time_and_need_a_ridge_at_infinity():
+    # Inputs 1e-7..1e-12 apart: the relu NTK's angles arccos(rho) near rho = 1 are
+    # accurate to ~sqrt(eps), so the kernel has eigenvalues ~ -1e-9 lambda_max. It is
+    # a PSD kernel up to rounding: finite times must work; t = infinity must ask for
+    # a ridge (the kernel is numerically singular), and work with one.
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(1, 4, dtype=F64, generator=g)
+    scales = 10.0 ** -torch.arange(7, 13, dtype=F64)[:, None]
+    x = base + scales * torch.randn(6, 4, dtype=F64, generator=g)
+    y = torch.randn(6, 1, dtype=F64, generator=g)
+    predict = gradient_descent_mse_ensemble(relu_mlp(4).kernel, x, y, 0.01)
+    assert torch.linalg.eigvalsh(relu_mlp(4).kernel(x).ntk).min() < 0  # the point
+    mean = predict(3.0, x[:2], compute_cov=True).mean
+    assert bool(torch.isfinite(mean).all())
+    with pytest.raises(ValueError, match="singular.*diag_reg"):
+        predict(None, x[:2])
+    ridge = gradient_descent_mse_ensemble(relu_mlp(4).kernel, x, y, 0.01, 1e-6)
+    assert bool(torch.isfinite(ridge(None, x[:2])).all())

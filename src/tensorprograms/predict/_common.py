@@ -104,9 +104,17 @@ class _Eigh:
         self.name = name
         lam, self.vecs = torch.linalg.eigh(k)
         top = float(lam.abs().max()) if lam.numel() else 0.0
-        # Rounding in the kernel's own precision moves eigenvalues by ~ N eps |K|.
+        # Rounding in the kernel's own precision moves eigenvalues by ~ N eps |K|:
+        # below this an eigenvalue is zero (a singular kernel).
         self.tol = 10 * k.shape[0] * eps * top
-        if float(lam.min()) < -self.tol:
+        # Kernels are accurate only to ~sqrt(eps) relative where inputs are nearly
+        # collinear (the arc-cosine kernels' angle arccos(rho) near rho = 1; seen:
+        # -9e-10 lambda_max for a relu NTK of near-duplicate inputs). A cluster of
+        # m such inputs perturbs eigenvalues by ~m sqrt(eps) |K| while lambda_max is
+        # ~m |K|, so eigenvalues down to -10 sqrt(eps) lambda_max are rounding of a
+        # PSD kernel (set to 0); more negative ones are an error.
+        psd_tol = max(self.tol, 10 * eps**0.5 * top)
+        if float(lam.min()) < -psd_tol:
             raise ValueError(
                 f"{name} is not positive semi-definite: smallest eigenvalue "
                 f"{float(lam.min()):.3g}, largest {top:.3g}; a kernel must be PSD "
@@ -116,13 +124,14 @@ class _Eigh:
         self.diag_reg = diag_reg
         self.top = top
 
-    def require_invertible(self, why: str) -> None:
+    def require_invertible(self, why: str, finite_time: bool = True) -> None:
         low = float(self.vals.min())
         if low <= self.tol:
             raise ValueError(
                 f"{self.name} is singular (smallest eigenvalue {low:.3g}, largest "
                 f"{self.top:.3g}) and {why} needs its inverse: pass diag_reg > 0 "
-                "(a ridge, e.g. diag_reg=1e-6) or a finite time"
+                "(a ridge, e.g. diag_reg=1e-6)"
+                + (" or a finite time" if finite_time else "")
             )
 
 
