@@ -10,6 +10,7 @@ from _nn_helpers import empirical_nngp, empirical_ntk
 from scipy import integrate, special
 
 from tensorprograms import nn
+from tensorprograms.nn._attention_mc import sqrt_attention_kernel
 from tensorprograms.nn._kernel import _State
 
 
@@ -333,8 +334,12 @@ def test_sqrt_attention_matches_finite_networks_within_monte_carlo_error(mechani
     # and the O(1/width) bias.
     slack = 4 * se + 0.05 * lim.ntk.abs().max()
     assert bool(((ntks.mean(0) - lim.ntk).abs() < slack).all())
-    with pytest.raises(ValueError, match="x2=None"):
-        net.kernel(x, x)
+    if mechanism == "SOFTMAX":
+        with pytest.raises(ValueError, match="x2=None"):
+            net.kernel(x, x)
+    else:  # closed form: any pair of batches
+        cross = net.kernel(x[:2], x[1:])
+        torch.testing.assert_close(cross.ntk, lim.ntk[:2, 1:], rtol=1e-12, atol=0)
 
 
 def test_sqrt_attention_identity_mechanism_closed_form():
@@ -355,7 +360,6 @@ def test_sqrt_attention_identity_mechanism_closed_form():
         W_value_std=1.3,
         b_std=0.1,
         attention_mechanism="IDENTITY",
-        mc_samples=60000,
     )
     base = dense.kernel(x)
     k, t = base.nngp, base.ntk  # (3, 3, P, P)
@@ -363,11 +367,16 @@ def test_sqrt_attention_identity_mechanism_closed_form():
     skt = (k * t).sum(dim=(2, 3))[:, :, None, None]
     c = (1.3 * 0.7 * 0.9) ** 2
     got = nn.serial(dense, att).kernel(x)
-    # Monte Carlo with 60000 draws: deviations ~0.4% of the largest entry measured;
-    # allow 2% (dropping or halving a term of the formula moves entries by ~30%).
-    scale = got.ntk.abs().max()
-    assert float((got.nngp - (c * k * s2 + 0.01)).abs().max()) < 0.02 * scale
-    assert (
-        float((got.ntk - (c * (2 * skt * k + s2 * (t + 4 * k)) + 0.01)).abs().max())
-        < 0.02 * scale
+    # The layer evaluates the closed form; the Monte Carlo path (which this formula
+    # also checks, within its error) is what the other mechanisms use.
+    want_ntk = c * (2 * skt * k + s2 * (t + 4 * k)) + 0.01
+    torch.testing.assert_close(got.nngp, c * k * s2 + 0.01, rtol=1e-12, atol=0)
+    torch.testing.assert_close(got.ntk, want_ntk, rtol=1e-12, atol=0)
+    nngp_mc, ntk_mc, rel = sqrt_attention_kernel(
+        k, t, 0.7 * 0.9, 1.3**2, 0.01, "IDENTITY", 60000, 0
     )
+    # 60000 draws: deviations ~0.4% of the largest entry measured; allow 2%
+    # (dropping or halving a term of the formula moves entries by ~30%).
+    scale = got.ntk.abs().max()
+    assert float((nngp_mc - got.nngp).abs().max()) < 0.02 * scale
+    assert float((ntk_mc - got.ntk).abs().max()) < 0.02 * scale

@@ -18,8 +18,9 @@ and
 
 the 2 nngp from the value and output matrices; gradients through the logits vanish
 like 1/n. With 1/sqrt(n) logits (independent queries and keys) the logits stay
-Gaussian in the limit; that kernel has no closed form and is estimated by Monte Carlo
-over joint draws of the logits of the whole batch (`_attention_mc`).
+Gaussian in the limit; that kernel has no closed form (except for the IDENTITY
+mechanism) and is estimated by Monte Carlo over joint draws of the logits of the
+whole batch (`_attention_mc`).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class GlobalSelfAttention(Layer):
             kernel); False for 1/sqrt(n) logits with independent queries: the kernel
             is a Monte Carlo estimate over `mc_samples` draws of the Gaussian logits,
             defined on one batch (``kernel(x)``), raising if its relative standard
-            error exceeds `mc_tol`; the finite network's NTK concentrates on it only
+            error exceeds `mc_tol` (closed form, any x2, for the "IDENTITY"
+            mechanism); the finite network's NTK concentrates on it only
             as both n_chan_key and n_heads grow.
         W_key_std, W_value_std, W_query_std, W_out_std: weight scales; the kernel
             depends on W_query_std W_key_std and W_out_std W_value_std.
@@ -138,10 +140,12 @@ class GlobalSelfAttention(Layer):
         return True
 
     def _whole_batch(self):
-        return not self.linear_scaling
+        return not self.linear_scaling and self.attention_mechanism != "IDENTITY"
 
     def _step(self, s: _State, out_full: bool) -> _State:
         if not self.linear_scaling:
+            if self.attention_mechanism == "IDENTITY":
+                return self._step_sqrt_identity(s, out_full)
             return self._step_sqrt(s, out_full)
         p = math.prod(s.spatial)
         qk = self.W_query_std * self.W_key_std
@@ -173,6 +177,49 @@ class GlobalSelfAttention(Layer):
             ntk=ntk.reshape(shape),
             cov1=None if s.symmetric else self_mix(cov1, g1),
             cov2=None if s.symmetric else self_mix(cov2, g2),
+            channels=self.n_chan_out,
+            gaussian=True,
+            mixed=False,
+        )
+        return out if out_full else out.to_diagonal()
+
+    def _step_sqrt_identity(self, s: _State, out_full: bool) -> _State:
+        """1/sqrt(n) logits, G = logits: the Gaussian expectations are closed.
+
+        E[s(x)[i, j] s(x')[i', j']] = QK_std^2 K[i, i'] K[j, j'] (K = K(x, x')), so
+        with S(A, B) = sum_{j, j'} A[j, j'] B[j, j'] over pairs of positions,
+
+            nngp' = c K S(K, K) + b_std^2,
+            ntk'  = c (2 S(K, Theta) K + S(K, K) (Theta + 4 K)) + b_std^2,
+
+        c = (QK_std OV_std)^2: query, key, value and output weights give the 4 K,
+        backpropagation through queries the Theta S(K, K), through keys and values
+        the 2 S(K, Theta) K (the `_attention_mc` formula with J = identity; also
+        neural-tangents' closed form for this case).
+        """
+        p = math.prod(s.spatial)
+        c = (self.W_query_std * self.W_key_std * self.W_out_std * self.W_value_std) ** 2
+        b2 = 0.0 if self.b_std is None else self.b_std**2
+        lead = s.nngp.shape[:2]
+        k = s.nngp.reshape(*lead, p, p)
+        theta = s.ntk.reshape(*lead, p, p)
+        skk = (k * k).sum(dim=(2, 3), keepdim=True)
+        skt = (k * theta).sum(dim=(2, 3), keepdim=True)
+        shape = (*lead, *s.spatial, *s.spatial)
+        nngp = (c * skk * k + b2).reshape(shape)
+        ntk = (c * (2 * skt * k + skk * (theta + 4 * k)) + b2).reshape(shape)
+
+        def self_map(cov, _):
+            m = cov.reshape(cov.shape[0], p, p)
+            sq = (m * m).sum(dim=(1, 2), keepdim=True)
+            return (c * sq * m + b2).reshape(cov.shape[0], *s.spatial, *s.spatial)
+
+        cov1, cov2 = s.map_covs(self_map)
+        out = s.replace(
+            nngp=nngp,
+            ntk=ntk,
+            cov1=cov1,
+            cov2=cov2,
             channels=self.n_chan_out,
             gaussian=True,
             mixed=False,

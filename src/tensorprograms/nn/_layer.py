@@ -173,8 +173,9 @@ class Layer:
         if self._whole_batch():
             if x2 is not None:
                 raise ValueError(
-                    "the network normalises over the batch (BatchNorm): its kernel is "
-                    "defined on one batch, call kernel(x) with x2=None"
+                    "the kernel couples the inputs of a batch (BatchNorm, or attention "
+                    "with 1/sqrt(n) logits estimated by Monte Carlo): it is defined on "
+                    "one batch, call kernel(x) with x2=None"
                 )
             block_size = n1
         if block_size is None:
