@@ -122,3 +122,38 @@ def test_bad_arguments_are_reported():
     diverge = lambda m: torch.optim.SGD(m.parameters(), 1e30)  # noqa: E731
     with pytest.raises(ValueError, match="non-finite"):
         coord_check(make, diverge, [8, 16], data, steps=3)
+
+
+def test_mup_style_coord_data_and_plot(tmp_path):
+    """``get_coord_data`` / ``plot_coord_data`` (mup's interface) on a model that
+    is its own base: every recorded l1 is a mean |coordinate| of a real output."""
+    import tensorprograms.mup as tpm
+
+    pytest.importorskip("pandas")
+
+    def model(n):
+        net = nn.Sequential(nn.Linear(8, n), nn.ReLU(), tpm.MuReadout(n, 3))
+        return tpm.set_base_shapes(net, None)
+
+    x, y = next(_data(0))
+    df = tpm.get_coord_data(
+        {16: lambda: model(16), 32: lambda: model(32)},
+        [(x, y)],
+        optimizer="adam",
+        nsteps=2,
+        cuda=False,
+        show_progress=False,
+        output_fdict={"l1": "l1", "std": lambda h: h.std()},
+    )
+    assert list(df.columns) == ["width", "module", "t", "l1", "std", "optimizer", "lr"]
+    assert sorted(set(df["module"])) == ["", "0", "1", "2"]
+    assert sorted(set(df["t"])) == [1, 2] and set(df["lr"]) == {1e-3}
+    # t = 1 records the forward pass at init: rebuild the width-16 model (seed 0)
+    torch.manual_seed(0)
+    first = model(16)[0](x)
+    row = df[(df.width == 16) & (df.module == "0") & (df.t == 1)]
+    assert row["l1"].item() == pytest.approx(first.abs().mean().item(), rel=1e-6)
+    fig = tpm.plot_coord_data(df, save_to=tmp_path / "coord.png")
+    assert len(fig.axes) == 2 and (tmp_path / "coord.png").exists()
+    with pytest.raises(ValueError, match="unknown statistic 'l3'"):
+        tpm.get_coord_data({16: lambda: model(16)}, [(x, y)], output_fdict={"a": "l3"})

@@ -183,3 +183,68 @@ def test_base_shapes_from_mup():
             assert tpm.get_state(model).infos == tpm.get_state(expected).infos
             for p, q in zip(model.parameters(), expected.parameters()):
                 assert torch.equal(p, q)
+
+
+def test_mup_submodule_names_and_helpers():
+    """Names users import from mup's submodules, and the helpers they call."""
+    from tensorprograms.mup.infshape import InfShape
+    from tensorprograms.mup.layer import MuReadout, MuSharedReadout
+    from tensorprograms.mup.optim import MuAdam, MuAdamW, MuSGD
+    from tensorprograms.mup.shape import get_infshapes, set_base_shapes
+
+    assert (MuReadout, MuSharedReadout) == (tpm.MuReadout, tpm.MuSharedReadout)
+    assert (MuAdam, MuAdamW, MuSGD) == (tpm.MuAdam, tpm.MuAdamW, tpm.MuSGD)
+    ref = build(mup, MLP, 64)
+    torch.manual_seed(0)
+    ours = MLP(64, MuReadout)
+    set_base_shapes(ours, MLP(16, MuReadout), delta=MLP(32, MuReadout))
+    theirs = mup.get_infshapes(ref)
+    for name, shape in get_infshapes(ours).items():
+        assert isinstance(shape, InfShape)
+        assert shape.base_shape() == theirs[name].base_shape(), name
+        assert shape.width_mult() == theirs[name].width_mult(), name
+        assert shape.main_idx == theirs[name].main_idx, name
+    assert tpm.normal_ is tpm.init.normal_
+
+    # the readout's one-off rescaling, after set-up without rescaling
+    torch.manual_seed(0)
+    ref = mup.set_base_shapes(MLP(64, mup.MuReadout), MLP(16, mup.MuReadout))
+    torch.manual_seed(0)
+    ours = tpm.set_base_shapes(
+        MLP(64, tpm.MuReadout), MLP(16, tpm.MuReadout), rescale_params=False
+    )
+    ours.out._rescale_parameters()
+    for p, q in zip(ref.out.parameters(), ours.out.parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(RuntimeError, match="already rescaled"):
+        ours.out._rescale_parameters()
+    with pytest.raises(RuntimeError, match="already rescaled"):
+        build(tpm, MLP, 64).out._rescale_parameters()
+    tpm.init.ones_(ours.ln.weight)
+    with pytest.raises(ValueError, match="hidden weight 'fc2.weight'"):
+        tpm.init.ones_(ours.fc2.weight)
+
+
+def test_same_coord_data_as_mup():
+    """mup.coord_check.get_coord_data's record, row for row (SGD, 2 seeds)."""
+    from mup.coord_check import get_coord_data
+
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(4))
+    y = torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(5))
+    frames = {}
+    for lib, get in ((mup, get_coord_data), (tpm, tpm.get_coord_data)):
+        models = {w: (lambda w=w, lib=lib: build(lib, MLP, w)) for w in (16, 64)}
+        frames[lib] = get(
+            models, [(x, y)], nsteps=3, nseeds=2, cuda=False, show_progress=False
+        )
+    ref, ours = frames[mup], frames[tpm]
+    assert list(ours.columns) == list(ref.columns)
+    assert ours[["width", "module", "t"]].equals(ref[["width", "module", "t"]])
+    # the same float32 computations (tests above): equal up to the round-off of
+    # three SGD steps
+    torch.testing.assert_close(
+        torch.tensor(ours["l1"].values),
+        torch.tensor(ref["l1"].values),
+        rtol=1e-5,
+        atol=0,
+    )

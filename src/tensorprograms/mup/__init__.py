@@ -8,6 +8,11 @@ global learning rate and apply muP's ratios at each step (so every LR scheduler
 keeps them), the tied readout's init does not grow with width, AdamW's default
 weight decay is PyTorch's, and errors say what is wrong.
 
+Code that imports from ``mup``'s submodules (``mup.optim``, ``mup.layer``,
+``mup.shape``, ``mup.infshape``, ``mup.init``) finds the same names here;
+``mup.coord_check``'s ``get_coord_data`` and ``plot_coord_data`` are in this
+package itself (``tensorprograms.mup.coord_check`` is this library's own check).
+
 Which table each piece implements (TP5 = arXiv 2203.03466):
 
 - :func:`set_base_shapes`: init column of TP5 Table 3 (THEORY.md section 8) for
@@ -32,6 +37,7 @@ from ._coord import (
     coord_check,
     plot_coord_checks,
 )
+from ._coord_compat import get_coord_data, plot_coord_data
 from ._depth import MuResidual, depth_mults
 from ._describe import ParamRow, describe
 from ._optim import (
@@ -57,9 +63,20 @@ from ._shapes import (
     make_base_shapes,
     save_base_shapes,
 )
-from ._state import get_state, named_infos
+from ._state import get_infshapes, get_state, named_infos
 from ._sweep import TransferResult, fail_stale_trials, run_grid, transfer_sweep
 from ._tasks import TASKS, Task, get_task, train
+from .init import (
+    eye_,
+    kaiming_normal_,
+    kaiming_uniform_,
+    normal_,
+    ones_,
+    trunc_normal_,
+    uniform_,
+    xavier_normal_,
+    xavier_uniform_,
+)
 
 __all__ = [
     "AuditReport",
@@ -70,6 +87,8 @@ __all__ = [
     "builtin_coord_check",
     "coord_check",
     "plot_coord_checks",
+    "get_coord_data",
+    "plot_coord_data",
     "TransferResult",
     "fail_stale_trials",
     "run_grid",
@@ -81,6 +100,7 @@ __all__ = [
     "set_base_shapes",
     "make_base_shapes",
     "get_shapes",
+    "get_infshapes",
     "save_base_shapes",
     "load_base_shapes",
     "MuReadout",
@@ -95,6 +115,15 @@ __all__ = [
     "mu_attention",
     "zero_query_",
     "init",
+    "normal_",
+    "uniform_",
+    "trunc_normal_",
+    "kaiming_normal_",
+    "kaiming_uniform_",
+    "xavier_normal_",
+    "xavier_uniform_",
+    "ones_",
+    "eye_",
     "depth_mults",
     "mu_param_groups",
     "mu_optimizer",

@@ -54,6 +54,29 @@ class _Readout:
         """PyTorch's init of the layer, or zeros with ``readout_zero_init``."""
         self._zero_or_default(super().reset_parameters)
 
+    def _rescale_parameters(self) -> None:
+        """Multiply the weight (unless tied) and bias by sqrt(width_mult), once.
+
+        The conversion of PyTorch's init to the readout's that ``set_base_shapes``
+        does (``mup``'s method of this name). After ``set_base_shapes(...,
+        rescale_params=True)`` it has been done, and calling it raises
+        ``RuntimeError`` as in ``mup``; after ``rescale_params=False`` it applies
+        the factor once.
+        """
+        if self.__dict__.get("_has_rescaled_params", False):
+            raise RuntimeError(
+                f"this {type(self).__name__} was already rescaled (by set_base_shapes "
+                "or an earlier call); set_base_shapes is idempotent and needs no "
+                "manual rescaling"
+            )
+        factor = self.width_mult() ** 0.5
+        with torch.no_grad():
+            if not getattr(self, "_tied", False):
+                self.weight.mul_(factor)
+            if self.bias is not None:
+                self.bias.mul_(factor)
+        self._has_rescaled_params = True
+
     def _zero_or_default(self, default_reset) -> None:
         if self.readout_zero_init:
             with torch.no_grad():

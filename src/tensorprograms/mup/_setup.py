@@ -256,6 +256,8 @@ def set_base_shapes(
         if is_readout(module):
             wname = next(n for n, p in params.items() if p is module.weight)
             module._mu_width_mult = infos[wname].width_mult
+            if rescale_params:
+                module._has_rescaled_params = True
     for name, p in params.items():
         p.infshape = infos[name].infshape
         p._tp_mup_info = infos[name]

@@ -109,9 +109,15 @@ class InfShape:
     @property
     def main(self) -> InfDim | None:
         """The last infinite dimension, or None."""
-        for d in reversed(self.dims):
-            if d.isinf():
-                return d
+        i = self.main_idx
+        return None if i is None else self.dims[i]
+
+    @property
+    def main_idx(self) -> int | None:
+        """Index of the last infinite dimension, or None."""
+        for i in reversed(range(len(self.dims))):
+            if self.dims[i].isinf():
+                return i
         return None
 
     def width_mult(self) -> float:

@@ -117,6 +117,20 @@ def named_infos(model: nn.Module):
         yield name, p, info
 
 
+def get_infshapes(model: nn.Module) -> dict:
+    """``{name: InfShape}`` for every parameter (``mup.get_infshapes``), read from
+    the metadata beside the model, so it also works where tensors lost their
+    ``infshape`` attribute (deep copies, FSDP).
+
+    >>> from torch import nn
+    >>> from tensorprograms.mup import set_base_shapes
+    >>> m = set_base_shapes(nn.Linear(3, 32), nn.Linear(3, 8))
+    >>> get_infshapes(m)["weight"].width_mult()
+    4.0
+    """
+    return {name: info.infshape for name, _, info in named_infos(model)}
+
+
 def info_of_tensor(p) -> ParamInfo:
     """The :class:`ParamInfo` of a parameter tensor of a set-up model.
 

@@ -23,6 +23,8 @@ from ._state import info_of_tensor
 __all__ = [
     "normal_",
     "uniform_",
+    "ones_",
+    "eye_",
     "trunc_normal_",
     "kaiming_normal_",
     "kaiming_uniform_",
@@ -80,6 +82,43 @@ def uniform_(tensor, a=0.0, b=1.0):
     """
     s, _, _ = _width_factor(tensor, a == -b)
     return torch_init.uniform_(tensor, a * s, b * s)
+
+
+def _constant_init(tensor, what: str) -> None:
+    info = info_of_tensor(tensor)
+    if info.role is Role.HIDDEN and info.parametrization == "mup":
+        raise ValueError(
+            f"{what} on hidden weight {info.name!r}: muP needs entries that shrink "
+            "like fan_in^-1/2, a constant init does not; use normal_ or kaiming_*"
+        )
+
+
+def ones_(tensor):
+    """``torch.nn.init.ones_`` for gains, biases and other tensors that are not
+    hidden weights (a hidden weight raises ``ValueError``).
+
+    >>> from torch import nn
+    >>> from tensorprograms.mup import set_base_shapes
+    >>> m = set_base_shapes(nn.LayerNorm(64), nn.LayerNorm(16))
+    >>> ones_(m.weight).sum().item()
+    64.0
+    """
+    _constant_init(tensor, "ones_")
+    return torch_init.ones_(tensor)
+
+
+def eye_(tensor):
+    """``torch.nn.init.eye_`` for 2-D tensors that are not hidden weights (a hidden
+    weight raises ``ValueError``).
+
+    >>> from torch import nn
+    >>> from tensorprograms.mup import set_base_shapes
+    >>> m = set_base_shapes(nn.Linear(4, 32), nn.Linear(4, 8))
+    >>> eye_(m.weight).trace().item()
+    4.0
+    """
+    _constant_init(tensor, "eye_")
+    return torch_init.eye_(tensor)
 
 
 def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
