@@ -18,7 +18,7 @@ def _x(shape, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).standard_normal(shape))
 
 
-def _pads(n, k, s, padding):
+def _pads(n, k, s, padding):  # CIRCULAR: SAME's padding, positions mod n
     if padding == "VALID":
         return (n - k) // s + 1, 0
     out = -(-n // s)
@@ -52,16 +52,24 @@ def _brute_conv(x, filt, strides, padding, w, b):
                     pj = [
                         jj * s + oo - g[1] for jj, s, oo, g in zip(j, strides, o, geo)
                     ]
+                    if padding == "CIRCULAR":
+                        pi = [p % n for p, n in zip(pi, spatial)]
+                        pj = [p % n for p, n in zip(pj, spatial)]
                     if all(0 <= p < n for p, n in zip(pi + pj, spatial + spatial)):
                         tot += x[(a, *pi)] @ x[(c, *pj)] / chans
                 res[(a, c, *i, *j)] = w * w * tot / ksize + b * b
     return res
 
 
-@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", "CIRCULAR"])
 @pytest.mark.parametrize(
     "shape,filt,strides",
-    [((7, 2), (3,), (1,)), ((6, 2), (2,), (2,)), ((4, 5, 2), (3, 2), (2, 1))],
+    [
+        ((7, 2), (3,), (1,)),
+        ((6, 2), (2,), (2,)),
+        ((4, 5, 2), (3, 2), (2, 1)),
+        ((3, 2), (3,), (1,)),  # CIRCULAR: a pad as wide as the image
+    ],
 )
 def test_conv_matches_brute_force(padding, shape, filt, strides):
     x = _x((3, *shape))
@@ -71,6 +79,10 @@ def test_conv_matches_brute_force(padding, shape, filt, strides):
     np.testing.assert_allclose(k.nngp.numpy(), expected, rtol=0, atol=TOL)
     # NTK parametrization, first layer: ntk = nngp (inputs carry no parameters).
     np.testing.assert_allclose(k.ntk.numpy(), expected, rtol=0, atol=TOL)
+    # A second layer runs the covariance rule (not the first layer's patches).
+    net = nn.serial(nn.Dense(3), layer)
+    second = _nt_layout(_brute_conv(x, filt, strides, padding, 1.3, 0.2))
+    np.testing.assert_allclose(net.kernel(x).nngp.numpy(), second, rtol=0, atol=TOL)
 
 
 def test_pooling_and_flatten_match_brute_force():
@@ -130,13 +142,14 @@ def test_conv_net_finite_width_approaches_limit(head):
     assert float((emp - k.nngp).norm() / k.nngp.norm()) < 0.12
 
 
-def test_linear_conv_net_is_exact_at_any_width():
+@pytest.mark.parametrize("padding", ["SAME", "CIRCULAR"])
+def test_linear_conv_net_is_exact_at_any_width(padding):
     # Without nonlinearities E_W[f f'] equals the limit at every width: Monte Carlo
     # over 2000 seeds of a width-3 network then matches up to its standard error.
     x = _x((3, 5, 2), seed=2)
     net = nn.serial(
-        nn.Conv(3, (2,), padding="SAME", W_std=1.1, b_std=0.3),
-        nn.AvgPool((2,), strides=(1,), padding="VALID"),
+        nn.Conv(3, (2,), padding=padding, W_std=1.1, b_std=0.3),
+        nn.AvgPool((3,), strides=(2,), padding=padding),
         nn.Flatten(),
         nn.Dense(1),
     )

@@ -121,7 +121,7 @@ def test_rnn_after_dense_and_its_one_shared_matrix():
     assert len(mats) == 3
 
 
-@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", "CIRCULAR"])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("head", ["flatten", "pool"])
 def test_conv1d_equals_generic_evaluator(padding, stride, head):

@@ -9,8 +9,10 @@ positions (neural-tangents' conventions, Novak et al. 2019, Garriga-Alonso et al
 
 where SAME padding reads zeros outside the image (the sum is still divided by the full
 k: padded positions contribute nothing, exactly as in the finite network whose fan-in
-is C k), and ntk'[i, j] = W_std^2 / k sum_o ntk[...] + nngp'[i, j]. A box filter is
-separable, so the sum runs one spatial dimension at a time.
+is C k), CIRCULAR padding (periodic images, the same output size as SAME) reads
+positions modulo the image size, and ntk'[i, j] = W_std^2 / k sum_o ntk[...] +
+nngp'[i, j]. A box filter is separable, so the sum runs one spatial dimension at a
+time.
 """
 
 from __future__ import annotations
@@ -39,15 +41,21 @@ def _tuple(value, nd: int | None, name: str, layer: str) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
+_PADDINGS = ("SAME", "VALID", "CIRCULAR")
+
+
 def _padding(padding: str, layer: str) -> str:
-    if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
-        raise ValueError(f"{layer}: padding must be 'SAME' or 'VALID', got {padding!r}")
+    if not isinstance(padding, str) or padding.upper() not in _PADDINGS:
+        raise ValueError(
+            f"{layer}: padding must be one of {_PADDINGS}, got {padding!r}"
+        )
     return padding.upper()
 
 
 def _geometry(n: int, k: int, s: int, padding: str, layer: str) -> tuple[int, int, int]:
-    """(output size, padding before, padding after) along one spatial dimension."""
-    if padding == "SAME":
+    """(output size, padding before, padding after) along one spatial dimension;
+    CIRCULAR pads like SAME, with the image's own positions instead of zeros."""
+    if padding in ("SAME", "CIRCULAR"):
         out = -(-n // s)
         total = max((out - 1) * s + k - n, 0)
         return out, total // 2, total - total // 2
@@ -117,6 +125,33 @@ def _window_sum(
     return acc
 
 
+def _wrap(k: torch.Tensor, axes_per_dim, geoms) -> torch.Tensor:
+    """CIRCULAR padding: along each axis of dimension t (``axes_per_dim[t]``) the
+    padded position p, -lo <= p < n + hi, reads position p mod n."""
+    for axes, (_, lo, hi) in zip(axes_per_dim, geoms):
+        for a in axes:
+            n = k.shape[a]
+            k = k.index_select(a, torch.arange(-lo, n + hi, device=k.device) % n)
+    return k
+
+
+def _periodic(padding: str, geoms):
+    """(wrap, geoms): for CIRCULAR padding a function that pads a tensor
+    periodically, given its axes per spatial dimension, and the VALID geometry of
+    the padded tensor; otherwise no padding and the geometry unchanged."""
+    if padding != "CIRCULAR":
+        return (lambda k, axes: k), geoms
+    return (lambda k, axes: _wrap(k, axes, geoms)), [(g[0], 0, 0) for g in geoms]
+
+
+def _spatial_axes(batch_ndim: int, nd: int, full: bool):
+    """Axes of each spatial dimension in a (batch..., *S, *S) or (batch..., *S)
+    covariance."""
+    if full:
+        return [(batch_ndim + t, batch_ndim + nd + t) for t in range(nd)]
+    return [(batch_ndim + t,) for t in range(nd)]
+
+
 def _window_mean(k, axes, size, stride, geom) -> torch.Tensor:
     """`_window_sum` divided by the window size (padded taps count as zeros)."""
     return _window_sum(k, axes, size, stride, geom).div_(size)
@@ -159,8 +194,9 @@ class Conv(Layer):
         out_chan: output channels (the readout's when it is the last layer).
         filter_shape: filter size per spatial axis, e.g. (3, 3).
         strides: stride per spatial axis (None: 1).
-        padding: "VALID" (neural-tangents' default) or "SAME" (zeros, output size
-            ceil(n / stride), extra padding after).
+        padding: "VALID" (neural-tangents' default), "SAME" (zeros, output size
+            ceil(n / stride), extra padding after) or "CIRCULAR" (periodic: the
+            same padding filled with the image's positions modulo its size).
         W_std, b_std, parametrization: as in `Dense`.
 
     Example:
@@ -216,11 +252,17 @@ class Conv(Layer):
     def _step(self, s: _State, out_full: bool) -> _State:
         nd = len(s.spatial)
         geoms = self._geoms(s.spatial)
-        args = (nd, s.full, self.filter_shape, self.strides, geoms)
+        wrap, valid = _periodic(self.padding, geoms)
+        args = (nd, s.full, self.filter_shape, self.strides, valid)
         size = math.prod(self.filter_shape)
+
+        def window_sum(k, batch_ndim):
+            k = wrap(k, _spatial_axes(batch_ndim, nd, s.full))
+            return _conv_sum(k, batch_ndim, *args)
+
         nngp, ntk = affine_kernel_(
-            _conv_sum(s.nngp, 2, *args),
-            _conv_sum(s.ntk, 2, *args),
+            window_sum(s.nngp, 2),
+            window_sum(s.ntk, 2),
             self.W_std,
             self.b_std,
             self.parametrization,
@@ -229,7 +271,7 @@ class Conv(Layer):
         )
         w2 = self.W_std**2 / size
         b2 = 0.0 if self.b_std is None else self.b_std**2
-        cov1, cov2 = s.map_covs(lambda c, b: _conv_sum(c, b, *args).mul_(w2).add_(b2))
+        cov1, cov2 = s.map_covs(lambda c, b: window_sum(c, b).mul_(w2).add_(b2))
         out = s.replace(
             nngp=nngp,
             ntk=ntk,
@@ -258,8 +300,11 @@ class Conv(Layer):
         fan_in = x1.shape[-1] * math.prod(self.filter_shape)
         nd = len(spatial)
 
+        wrap, valid = _periodic(self.padding, geoms)
+
         def patches(x):  # (B, *S_out, C k)
-            pad = [0, 0] + [p for g in reversed(geoms) for p in g[1:]]
+            x = wrap(x, [(1 + t,) for t in range(nd)])
+            pad = [0, 0] + [p for g in reversed(valid) for p in g[1:]]
             x = F.pad(x, pad)
             for t in range(nd):
                 x = x.unfold(1 + t, self.filter_shape[t], self.strides[t])
@@ -319,7 +364,7 @@ class _ConvModule(torch.nn.Module):
         c = in_shape[-1]
         self.nd = len(layer.filter_shape)
         self.strides = layer.strides
-        geoms = layer._geoms(in_shape[:-1])
+        self.wrap, geoms = _periodic(layer.padding, layer._geoms(in_shape[:-1]))
         self.pad = [p for g in reversed(geoms) for p in g[1:]]
         self.w_mult, self.b_mult = affine_params(
             self,
@@ -333,6 +378,7 @@ class _ConvModule(torch.nn.Module):
         )
 
     def forward(self, x):
+        x = self.wrap(x, [(1 + t,) for t in range(self.nd)])
         h = F.pad(x.movedim(-1, 1), self.pad)  # (N, C, *S)
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.nd - 1]
         h = conv(h, self.w_mult * self.weight, stride=self.strides).movedim(1, -1)
@@ -351,7 +397,7 @@ class AvgPool(Layer):
     Args:
         window_shape: window per spatial axis.
         strides: stride per spatial axis (None: 1, as neural-tangents).
-        padding: "VALID" or "SAME".
+        padding: "VALID", "SAME" or "CIRCULAR" (periodic, as in `Conv`).
 
     Example:
         >>> import torch
@@ -386,12 +432,17 @@ class AvgPool(Layer):
 
     def _step(self, s: _State, out_full: bool) -> _State:
         nd = len(s.spatial)
-        geoms = self._geoms(s.spatial)
+        wrap, geoms = _periodic(self.padding, self._geoms(s.spatial))
         args = (nd, True, self.window_shape, self.strides, geoms)
-        cov1, cov2 = s.map_covs(lambda c, b: _pool_map(c, b, *args))
+
+        def pool(k, batch_ndim):
+            k = wrap(k, _spatial_axes(batch_ndim, nd, True))
+            return _pool_map(k, batch_ndim, *args)
+
+        cov1, cov2 = s.map_covs(pool)
         out = s.replace(
-            nngp=_pool_map(s.nngp, 2, *args),
-            ntk=_pool_map(s.ntk, 2, *args),
+            nngp=pool(s.nngp, 2),
+            ntk=pool(s.ntk, 2),
             cov1=cov1,
             cov2=cov2,
             spatial=tuple(g[0] for g in geoms),
@@ -399,13 +450,14 @@ class AvgPool(Layer):
         return out if out_full else out.to_diagonal()
 
     def _build(self, in_shape, ctx):
-        geoms = self._geoms(in_shape[:-1])
+        wrap, geoms = _periodic(self.padding, self._geoms(in_shape[:-1]))
         pad = [p for g in reversed(geoms) for p in g[1:]]
         nd = len(self.window_shape)
         pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
         window, strides = self.window_shape, self.strides
 
         def fn(x):
+            x = wrap(x, [(1 + t,) for t in range(nd)])
             h = F.pad(x.movedim(-1, 1), pad)
             return pool(h, window, strides).movedim(1, -1)
 

@@ -25,8 +25,9 @@ from ._program import _nonlinearity_of
 
 
 def _geometry(n: int, k: int, s: int, padding: str, where: str) -> tuple[int, int]:
-    """(output size, padding before): SAME pads ceil-style, the extra one after."""
-    if padding == "SAME":
+    """(output size, padding before): SAME pads ceil-style, the extra one after;
+    CIRCULAR pads the same way with positions modulo n."""
+    if padding in ("SAME", "CIRCULAR"):
         out = -(-n // s)
         return out, max((out - 1) * s + k - n, 0) // 2
     if n < k:
@@ -73,6 +74,8 @@ def write_conv(w, layer, where):
 
     def source(i, o):  # flat index of input position s i + o - lo, or None
         pos = [s * ii + oo - g[1] for ii, oo, s, g in zip(i, o, layer.strides, geo)]
+        if layer.padding == "CIRCULAR":
+            pos = [q % n for q, n in zip(pos, w.spatial)]
         if any(q < 0 or q >= n for q, n in zip(pos, w.spatial)):
             return None
         flat = 0
