@@ -200,7 +200,9 @@ def set_base_shapes(
         savefile: write the base shapes there (JSON), to skip building the base
             model later.
         do_assert: raise if an ``nn.Linear`` maps a width to a fixed size (it
-            should be a :class:`MuReadout`).
+            should be a :class:`MuReadout`). With ``do_assert=False`` such a layer
+            gets TP5 Table 3's output init and learning rates without multiplier
+            (``mup`` trains it like an input layer).
         roles: override the inferred role of named parameters
             ("input" | "hidden" | "output" | "vector" | "fixed").
         parametrization: "mup" (default), or "sp", "ntp", "spectral",
