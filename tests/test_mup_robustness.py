@@ -49,6 +49,9 @@ def test_mu_lrs_really_differ():
 def test_copies_keep_mup(clone):
     model = setup()
     other = clone(model)
+    # code written for mup reads p.infshape directly: present on every copy
+    for (n, p), q in zip(other.named_parameters(), model.parameters()):
+        assert p is not q and p.infshape == q.infshape, n
     assert torch.equal(other(X), model(X))
     assert hparams(other) == hparams(model)
     assert other.fc2.weight.infshape.width_mult() == 4.0  # re-attached for mup code

@@ -12,9 +12,11 @@ a tensor without it is found through a weak registry of set-up models.
 
 from __future__ import annotations
 
+import copy
 import weakref
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from ._shapes import ParamInfo, clean_name
@@ -47,6 +49,24 @@ class MuState:
     def __setstate__(self, state):
         self.__dict__.update(state)
         _REGISTRY.add(self)
+
+    def __deepcopy__(self, memo):
+        new = MuState(
+            copy.deepcopy(self.infos, memo),
+            dict(self.rescaled),
+            self.parametrization,
+            copy.deepcopy(self.root, memo),
+        )
+        # Parameter.__deepcopy__ copies the data only: give the copied parameters
+        # (copied before this state, which the module stores after its children)
+        # their infshape attributes back, for code written for mup
+        if self.root is not None:
+            for name, p in self.root.named_parameters():
+                q, info = memo.get(id(p)), new.infos.get(clean_name(name))
+                if isinstance(q, torch.Tensor) and info is not None:
+                    q.infshape = info.infshape
+                    q._tp_mup_info = info
+        return new
 
 
 def _holder(model: nn.Module) -> tuple[nn.Module, str] | None:
