@@ -385,3 +385,102 @@ def test_mehler_series_for_smooth_pairs(name):
         ref = oracles.pair(phi, psi, float(q1[i]), float(q2[i]), float(rho[i]))
         # The oracle (scipy) is accurate to ~1e-12 on these smooth integrands.
         assert abs(float(est.value[i]) - ref) <= float(est.error[i]) + 1e-11
+
+
+# ------------------------------------------------------------- kinks off the origin
+
+
+_SQRT2 = math.sqrt(2.0)
+
+
+def _Phi(x):
+    return 0.5 * (1 + math.erf(x / _SQRT2))
+
+
+def _phi(x):
+    return math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+
+
+@pytest.mark.parametrize("shift", [0.013, 0.7, -2.9, 6.0])
+@pytest.mark.parametrize("q", [0.01, 1.0, 100.0])
+def test_affine_kinks_in_one_dimension(shift, q):
+    # g ~ N(0, q), kink at g = shift. Closed forms (s = sqrt q, a = shift / s):
+    # E[step(g - shift)] = Phi(-a), E[relu(g - shift)] = s phi(a) - shift Phi(-a),
+    # E[sign(g - shift) g] = 2 s phi(a). Without the split a Gauss rule's orders
+    # agree to rounding on these and miss by up to 5e-3; with it, to rounding.
+    s = math.sqrt(q)
+    a = shift / s
+
+    def f(g):
+        g = g[..., 0]
+        return torch.stack(
+            [(g > shift).double(), torch.relu(g - shift), torch.sign(g - shift) * g],
+            -1,
+        )
+
+    est = G.expect(f, [[q]], kinks=[[1.0]], offsets=[-shift])
+    exact = torch.tensor(
+        [_Phi(-a), s * _phi(a) - shift * _Phi(-a), 2 * s * _phi(a)],
+        dtype=torch.float64,
+    )
+    err = (est.value - exact).abs()
+    assert est.method == "quadrature"
+    # Rounding of O(s) terms: 1e-14 * (1 + s) on top of the stated bound.
+    assert bool((err <= est.error + 1e-14 * (1 + s)).all()), (err, est.error)
+    assert float(err.max()) < 1e-12 * (1 + s)
+
+
+def _relu_relu_shifted(qa, qb, c, sa, sb):
+    # E[relu(a + sa) relu(b + sb)] by conditioning on a: b | a is normal, and
+    # E[relu(m + t Z)] = m Phi(m / t) + t phi(m / t); the outer 1-D integral is
+    # smooth on a > -sa, so scipy's adaptive quad is accurate to ~1e-13.
+    from scipy import integrate
+
+    t = math.sqrt(qb - c * c / qa)
+
+    def inner(z):
+        a = math.sqrt(qa) * z
+        m = c * a / qa + sb
+        return (a + sa) * (m * _Phi(m / t) + t * _phi(m / t)) * _phi(z)
+
+    lo = -sa / math.sqrt(qa)
+    return integrate.quad(inner, lo, lo + 20, epsabs=1e-14, epsrel=1e-13)[0]
+
+
+def test_affine_kinks_that_meet_in_a_point_in_two_dimensions():
+    cov = _cov(1.0, 1.5, 0.6)
+
+    def f(g):
+        return torch.relu(g[..., 0] + 0.3) * torch.relu(g[..., 1] - 0.2)
+
+    est = G.expect(f, cov, kinks=[[1.0, 0.0], [0.0, 1.0]], offsets=[0.3, -0.2])
+    ref = _relu_relu_shifted(1.0, 1.5, 0.6, 0.3, -0.2)
+    # The integral moves to the planes' common point; 1e-12 covers the reference.
+    assert est.method == "quadrature"
+    assert abs(float(est.value) - ref) <= float(est.error) + 1e-12
+    assert abs(float(est.value) - ref) < 1e-11
+
+
+def test_affine_kinks_that_do_not_meet_go_to_monte_carlo():
+    # Three lines of a plane that share no point: E[sum of steps] is a sum of
+    # normal tails, Phi(-0.3) + Phi(0.2 / sqrt 2) + Phi(-1 / sqrt(3 + 2 * 0.5)).
+    cov = _cov(1.0, 2.0, 0.5)
+
+    def f(g):
+        a, b = g[..., 0], g[..., 1]
+        return ((a > 0.3).double() + (b > -0.2).double()) + (a + b > 1).double()
+
+    kinks = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
+    est = G.expect(f, cov, kinks=kinks, offsets=[-0.3, 0.2, -1.0], mc_samples=2**16)
+    exact = _Phi(-0.3) + _Phi(0.2 / _SQRT2) + _Phi(-1 / math.sqrt(4.0))
+    assert est.method == "monte carlo"
+    assert 0 < float(est.error) < 0.01
+    # Five standard errors: a false failure has probability < 1e-6 (fixed seed).
+    assert abs(float(est.value) - exact) < 5 * float(est.error)
+
+
+def test_offsets_need_kinks_of_matching_shape():
+    with pytest.raises(ValueError, match="offsets need kinks"):
+        G.expect(lambda g: g[..., 0], [[1.0]], offsets=[0.5])
+    with pytest.raises(ValueError, match="kinks and offsets must have shapes"):
+        G.expect(lambda g: g[..., 0], [[1.0]], kinks=[[1.0]], offsets=[0.5, 1.0])

@@ -346,6 +346,8 @@ def _rule(m: int, L: Tensor, kinks: Tensor | None) -> tuple[Tensor, Tensor]:
     r = L.shape[-1]
     if kinks is None:
         return _grid(m, r, L.device)
+    if isinstance(kinks, _Line):
+        return _line_rule(m, kinks.t)
     if r <= 2:
         return _polar_rule(m, L, kinks)
     if r == 3:
@@ -357,7 +359,7 @@ def _rule_size(m: int, r: int, n_kinks: int | None) -> int:
     if n_kinks is None:
         return m**r
     if r == 1:
-        return 2 * m
+        return (n_kinks + 2) * m
     if r == 2:
         return m * m * 2 * n_kinks
     if r == 3:
@@ -460,6 +462,7 @@ def expect(
     seed: int = 0,
     indexed: bool = False,
     kinks: Any = None,
+    offsets: Any = None,
 ) -> Estimate:
     """E[f(g)] for g ~ N(0, cov), with an error bound (TP1 section 5).
 
@@ -488,6 +491,13 @@ def expect(
         kinks: linear functionals a, shape (j, k) or (P, j, k), such that f may be
             non-smooth on a . g = 0 (besides the coordinate planes g_i = 0, which
             are always assumed), e.g. ``[[1, -1]]`` for relu(g0 - g1).
+        offsets: with ``kinks``, shape (j,) or (P, j): f is smooth except on the
+            affine planes a . g + b = 0 listed (the coordinate planes are then not
+            assumed), e.g. ``kinks=[[1]], offsets=[-0.3]`` for relu(g0 - 0.3).
+            Planes beyond 8.5 standard deviations are ignored; when the others
+            meet in a point g0 the integral is moved there (E[f(g)] =
+            E[f(g0 + h) N(g0 + h) / N(h)], the planes then pass through 0 and
+            the rules resolve them); when they do not, Monte Carlo is used.
 
     Returns:
         Estimate with value and error of shape (), (m,), (P,) or (P, m).
@@ -503,13 +513,18 @@ def expect(
     """
     evals, evecs, ranks, batched = _factor(cov)
     P, k = evals.shape
-    kinks = _kink_functionals(kinks, P, k, evals.device)
     if P == 0:
         raise ValueError("cov is an empty batch (P = 0); nothing to integrate")
+    if offsets is None:
+        kinks = _kink_functionals(kinks, P, k, evals.device)
+    else:
+        planes = _affine_planes(kinks, offsets, P, k, evals.device)
+    if not indexed:
+        f = functools.partial(_unindexed, f)
     value = None
     error = None
     methods = set()
-    info = {"indexed": indexed, "scalar": True}
+    info = {"indexed": True, "scalar": True}
     for r in sorted(set(ranks.tolist())):
         index = (ranks == r).nonzero().squeeze(-1)
         if r == 0:
@@ -517,15 +532,38 @@ def expect(
             v = _call(f, points.to(evals.device), index, info)[:, 0]
             e = torch.zeros_like(v)
             methods.add("exact")
+            parts = []
+        elif r > max_quadrature_dim:
+            L = _loading(evals[index], evecs[index], r)
+            parts = [("monte carlo", index, L, None)]
+        elif offsets is None:
+            L = _loading(evals[index], evecs[index], r)
+            sub = kinks if kinks.shape[0] == 1 else kinks[index]
+            parts = [("quadrature", index, L, sub)]
         else:
             L = _loading(evals[index], evecs[index], r)
-            if r <= max_quadrature_dim:
-                sub = kinks if kinks.shape[0] == 1 else kinks[index]
-                v, e = _quadrature(f, L, sub, index, atol, rtol, max_points, info)
-                methods.add("quadrature")
+            parts = _shifted_parts(planes, index, L)
+        if parts:
+            v = torch.zeros(index.numel(), 1, dtype=torch.float64, device=L.device)
+            e = torch.zeros_like(v)
+        for method, sub_index, L_sub, sub_kinks in parts:
+            where = torch.isin(index, sub_index)
+            if method == "monte carlo":
+                vs, es = _monte_carlo(f, L_sub, sub_index, mc_samples, seed, info)
             else:
-                v, e = _monte_carlo(f, L, index, mc_samples, seed, info)
-                methods.add("monte carlo")
+                if isinstance(sub_kinks, _Shift):
+                    g = functools.partial(_shifted_call, f, sub_kinks)
+                    sub_kinks = sub_kinks.planes
+                else:
+                    g = f
+                vs, es = _quadrature(
+                    g, L_sub, sub_kinks, sub_index, atol, rtol, max_points, info
+                )
+            if vs.shape[-1] != v.shape[-1]:
+                v = v.expand(-1, vs.shape[-1]).clone()
+                e = e.expand(-1, vs.shape[-1]).clone()
+            v[where], e[where] = vs, es
+            methods.add(method)
         if value is None:
             value = torch.zeros(P, v.shape[-1], dtype=torch.float64, device=v.device)
             error = torch.zeros_like(value)
@@ -537,6 +575,125 @@ def expect(
         value, error = value[0], error[0]
     method = max(methods, key=_METHOD_ORDER.index)
     return Estimate(value, error, method)
+
+
+def _unindexed(f: Callable, points: Tensor, index: Tensor) -> Tensor:
+    return f(points)
+
+
+_FAR_PLANE = 8.5  # planes farther than this many standard deviations are ignored
+_MAX_SHIFT = 5.0  # farthest move of the Gaussian (ranks >= 2) before Monte Carlo
+
+
+class _Line:
+    """Kink points t (p, j) of rank-1 problems g = L t (0 marks an unused slot)."""
+
+    def __init__(self, t: Tensor):
+        self.t = t
+        self.shape = (t.shape[0], t.shape[1], 1)
+
+    def __getitem__(self, item) -> _Line:
+        return _Line(self.t[item])
+
+
+def _line_rule(m: int, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Rank-1 rule split at 0 and at the kink points t (p, j).
+
+    Between consecutive breakpoints: m-point Gauss-Legendre against the N(0, 1)
+    density; beyond the outermost ones (b_hi >= 0 >= b_lo): the half-normal rule
+    moved there, x -> b_hi + x with weight N(b_hi + x) / N(x), which decays.
+    Returns eps (p, Q, 1) and weights (p, Q).
+    """
+    dev = t.device
+    cuts = torch.cat([torch.zeros_like(t[:, :1]), t], dim=-1).sort(dim=-1).values
+    x, wx = (torch.from_numpy(a).to(dev) for a in scipy.special.roots_legendre(m))
+    lo, hi = cuts[:, :-1, None], cuts[:, 1:, None]
+    nodes = lo + (hi - lo) * (x + 1) / 2  # (p, j, m)
+    dens = torch.exp(-nodes * nodes / 2) / math.sqrt(2 * math.pi)
+    w_mid = (hi - lo) / 2 * wx * dens
+    rho, w_rho = (a.to(dev) for a in _radial(m, 1))
+    top, bottom = cuts[:, -1:], cuts[:, :1]
+    right = top + rho
+    w_right = w_rho / 2 * torch.exp(-top * rho - top * top / 2)
+    left = bottom - rho
+    w_left = w_rho / 2 * torch.exp(bottom * rho - bottom * bottom / 2)
+    eps = torch.cat([nodes.flatten(1), right, left], dim=-1)
+    weights = torch.cat([w_mid.flatten(1), w_right, w_left], dim=-1)
+    return eps[..., None], weights
+
+
+@dataclass(frozen=True)
+class _Shift:
+    """Where the Gaussian is moved (g0, u, c: E[f] = E[f(g0 + h) exp(-u.h - c)])."""
+
+    g0: Tensor  # (P, k), indexed by problem
+    u: Tensor  # (P, k)
+    c: Tensor  # (P,)
+    planes: Tensor  # (p, j, k): the planes through 0 after the move
+
+
+def _affine_planes(kinks: Any, offsets: Any, P: int, k: int, device):
+    """Rows a (P|1, j, k) and offsets b (P|1, j) of planes a . g + b = 0."""
+    if kinks is None:
+        raise ValueError("offsets need kinks: the planes a . g + b = 0 have rows a")
+    a = torch.as_tensor(kinks, dtype=torch.float64).to(device)
+    b = torch.as_tensor(offsets, dtype=torch.float64).to(device)
+    a = a[None] if a.dim() == 2 else a
+    b = b[None] if b.dim() == 1 else b
+    ok = a.dim() == 3 and a.shape[-1] == k and a.shape[0] in (1, P)
+    if not ok or b.dim() != 2 or b.shape[-1] != a.shape[1] or b.shape[0] not in (1, P):
+        raise ValueError(
+            f"kinks and offsets must have shapes (j, {k}) and (j,) (or with a "
+            f"leading {P}), got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        raise ValueError("kinks and offsets must be finite")
+    return a.expand(P, -1, -1), b.expand(P, -1)
+
+
+def _shifted_parts(planes, index: Tensor, L: Tensor) -> list:
+    """Split problems of one rank by whether their planes meet in one point.
+
+    In eps coordinates (g = L eps) a plane is D . eps + b = 0 with D = a L. Planes
+    farther than ``_FAR_PLANE`` from 0 carry no mass and are dropped; the least
+    norm point eps0 of the others is where the integral moves when it lies on all
+    of them (and within ``_FAR_PLANE``); otherwise the problem goes to Monte Carlo.
+    """
+    a, b = planes[0][index], planes[1][index]
+    D = torch.einsum("pjk,pkr->pjr", a, L)
+    norm = D.norm(dim=-1)
+    live = (b.abs() < _FAR_PLANE * norm) & (norm > 1e-12 * a.norm(dim=-1))
+    Dl, bl = D * live[..., None], b * live
+    eps0 = -(torch.linalg.pinv(Dl) @ bl[..., None])[..., 0]  # (p, r)
+    resid = (Dl @ eps0[..., None])[..., 0] + bl
+    tol = 1e-9 * (1 + bl.abs().amax(-1, keepdim=True))
+    if L.shape[-1] == 1:  # a line: split it at the kink points, no move needed
+        t = torch.where(live, -b / torch.where(live, D[..., 0], 1.0), 0.0)
+        return [("quadrature", index, L, _Line(t))]
+    meets = (resid.abs() <= tol).all(-1) & (eps0.norm(dim=-1) <= _MAX_SHIFT)
+    gram_inv = torch.linalg.inv(L.transpose(-1, -2) @ L)
+    P, k = planes[0].shape[0], L.shape[1]
+    g0 = torch.zeros(P, k, dtype=torch.float64, device=L.device)
+    u = torch.zeros_like(g0)
+    c = torch.zeros(P, dtype=torch.float64, device=L.device)
+    g0[index] = (L @ eps0[..., None])[..., 0]
+    u[index] = (L @ gram_inv @ eps0[..., None])[..., 0]
+    c[index] = (eps0 * eps0).sum(-1) / 2
+    parts = []
+    if bool(meets.any()):
+        shift = _Shift(g0, u, c, a[meets] * live[meets][..., None])
+        parts.append(("quadrature", index[meets], L[meets], shift))
+    if bool((~meets).any()):
+        parts.append(("monte carlo", index[~meets], L[~meets], None))
+    return parts
+
+
+def _shifted_call(f: Callable, shift: _Shift, points: Tensor, index: Tensor):
+    """f(g0 + h) N(g0 + h) / N(h) at the points h (P, Q, k)."""
+    out = f(points + shift.g0[index][:, None], index)
+    log_w = -(points * shift.u[index][:, None]).sum(-1) - shift.c[index][:, None]
+    w = torch.exp(log_w)
+    return out * (w if out.dim() == 2 else w[..., None])
 
 
 def _kink_functionals(kinks: Any, P: int, k: int, device) -> Tensor:
@@ -644,6 +801,11 @@ def _expect_subset(f, cov: Tensor, subset: Tensor, options: dict) -> Estimate:
         kinks = torch.as_tensor(kinks, dtype=torch.float64)
         if kinks.dim() == 3 and kinks.shape[0] == cov.shape[0] and kinks.shape[0] > 1:
             options["kinks"] = kinks[subset.cpu()]
+    offsets = options.get("offsets")
+    if offsets is not None:
+        offsets = torch.as_tensor(offsets, dtype=torch.float64)
+        if offsets.dim() == 2 and offsets.shape[0] == cov.shape[0] > 1:
+            options["offsets"] = offsets[subset.cpu()]
     return expect(f, cov[subset], **options)
 
 
