@@ -138,3 +138,34 @@ def test_freeze_and_handles_added_after_evaluation():
     assert p.frozen
     with pytest.raises(ProgramError, match="frozen"):
         p.moment(y)
+
+
+def test_user_functions_are_checked_for_smoothness():
+    # Autograd gives 0 for the derivative of a jump and a one-sided slope at a
+    # kink: such functions are marked non-smooth so the limit uses Stein's lemma.
+    p = tp.Program()
+    x, y = p.vector("x"), p.vector("y")
+    smooth = [
+        p.nonlin(lambda t: torch.tanh(3 * t), x),
+        p.nonlin(lambda t: t**5 - t, x),
+        p.nonlin(lambda a, b: torch.sin(a) * b, x, y),
+    ]
+    rough = [
+        p.nonlin(lambda t: (t > 0.3).to(t.dtype), x),
+        p.nonlin(lambda t: torch.relu(t - 1.0), x),
+        p.nonlin(lambda a, b: torch.abs(a - b), x, y),
+        p.nonlin(lambda t: torch.round(t), x),
+    ]
+    assert all(v.instruction.func.smooth for v in smooth)
+    assert not any(v.instruction.func.smooth for v in rough)
+    # Registered non-smooth nonlinearities know where their kink is.
+    assert tp.relu(x).instruction.func.kinks == (0.0,)
+
+
+def test_division_by_a_vector_is_allowed():
+    # The test points include 0, where x / y is not finite; division is not checked
+    # there (its finiteness depends on the values of y).
+    p = tp.Program()
+    x, y = p.vector("x"), p.vector("y")
+    z = x / (y * y + 1.0)
+    assert z.instruction.func.name == "div"

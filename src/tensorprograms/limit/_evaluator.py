@@ -21,7 +21,7 @@ from ..program import (
     ScalarFn,
     Scale,
 )
-from ..program._func import MUL, Func
+from ..program._func import MUL, func_of_nonlinearity
 from ._z import (
     _F64,
     _METHODS,
@@ -73,56 +73,71 @@ class _Evaluator:
     # ---- instructions ---
     def run(self):
         groups: dict = {}
+        names = self.program.names()
         for i, ins in enumerate(self.program.instructions):
-            if isinstance(ins, InitVector):
-                atom = self._new_atom(ins.lanes, f"Z[{ins.name}]")
-                L = max(ins.lanes, 1)
-                members = groups.setdefault(ins.group, [])
-                members.append((ins.member, atom))
-                for m, other in members:
-                    block = ins.group_cov[
-                        ins.member * L : (ins.member + 1) * L, m * L : (m + 1) * L
-                    ]
-                    self._set_cov(atom, other, _exact(block.clone()))
-                self.Z[i] = _Lin(
-                    [(atom, self._one(ins.lanes))], self._zero(ins.lanes), ins.lanes
+            try:
+                self._step(i, ins, groups)
+            except (ValueError, FloatingPointError) as exc:
+                what = f"{type(ins).__name__} {ins.name} = {ins.describe(names)}"
+                raise FloatingPointError(f"{what}: {exc}") from exc
+            est = self.scalars.get(i)
+            if est is not None and not bool(torch.isfinite(est.value).all()):
+                raise FloatingPointError(
+                    f"{type(ins).__name__} {ins.name} = {ins.describe(names)}: the "
+                    f"limit is not finite ({est.value.tolist()})"
                 )
-            elif isinstance(ins, InitMatrix):
-                pass
-            elif isinstance(ins, InitScalar):
-                self.scalars[i] = _exact(ins.value.reshape(-1).to(_F64))
-            elif isinstance(ins, MatMul):
-                self.Z[i] = self._matmul(ins)
-            elif isinstance(ins, LinComb):
-                lanes = self.program._lanes[i]
-                terms, const = [], self._zero(lanes) + ins.const
-                method, err = 0, 0.0
-                for a, c in zip(ins.args, ins.coefs):
-                    z = self.Z[a]
-                    terms += [(t, c * v) for t, v in z.terms]
-                    const = const + c * z.const
-                    method, err = max(method, z.method), err + abs(c) * z.err
-                self.Z[i] = _Lin(terms, const, lanes, method, err)
-            elif isinstance(ins, Scale):
-                th = self.scalars[ins.scalar]
-                z = self.Z[ins.arg]
-                err = float(th.value.abs().max()) * z.err
-                if bool((th.error > 0).any()):
-                    err += float(th.error.max()) * self.norm(z)
-                self.Z[i] = z.scaled(
-                    th.value, self.program._lanes[i], _METHODS.index(th.method), err
-                )
-            elif isinstance(ins, Nonlin):
-                self.Z[i] = self._nonlin(ins, self.program._lanes[i])
-            elif isinstance(ins, Moment):
-                z = self.Z[ins.arg]
-                lanes = torch.arange(max(z.lanes, 1))
-                self.scalars[i] = self.mean(z, lanes)
-            elif isinstance(ins, ScalarFn):
-                self.scalars[i] = self._scalar_fn(ins)
-            else:  # pragma: no cover
-                raise TypeError(f"unknown instruction {ins!r}")
         return self
+
+    def _step(self, i, ins, groups):
+        """Add the limit of instruction ``i`` (Z of a vector, value of a scalar)."""
+        if isinstance(ins, InitVector):
+            atom = self._new_atom(ins.lanes, f"Z[{ins.name}]")
+            L = max(ins.lanes, 1)
+            members = groups.setdefault(ins.group, [])
+            members.append((ins.member, atom))
+            for m, other in members:
+                block = ins.group_cov[
+                    ins.member * L : (ins.member + 1) * L, m * L : (m + 1) * L
+                ]
+                self._set_cov(atom, other, _exact(block.clone()))
+            self.Z[i] = _Lin(
+                [(atom, self._one(ins.lanes))], self._zero(ins.lanes), ins.lanes
+            )
+        elif isinstance(ins, InitMatrix):
+            pass
+        elif isinstance(ins, InitScalar):
+            self.scalars[i] = _exact(ins.value.reshape(-1).to(_F64))
+        elif isinstance(ins, MatMul):
+            self.Z[i] = self._matmul(ins)
+        elif isinstance(ins, LinComb):
+            lanes = self.program._lanes[i]
+            terms, const = [], self._zero(lanes) + ins.const
+            method, err = 0, 0.0
+            for a, c in zip(ins.args, ins.coefs):
+                z = self.Z[a]
+                terms += [(t, c * v) for t, v in z.terms]
+                const = const + c * z.const
+                method, err = max(method, z.method), err + abs(c) * z.err
+            self.Z[i] = _Lin(terms, const, lanes, method, err)
+        elif isinstance(ins, Scale):
+            th = self.scalars[ins.scalar]
+            z = self.Z[ins.arg]
+            err = float(th.value.abs().max()) * z.err
+            if bool((th.error > 0).any()):
+                err += float(th.error.max()) * self.norm(z)
+            self.Z[i] = z.scaled(
+                th.value, self.program._lanes[i], _METHODS.index(th.method), err
+            )
+        elif isinstance(ins, Nonlin):
+            self.Z[i] = self._nonlin(ins, self.program._lanes[i])
+        elif isinstance(ins, Moment):
+            z = self.Z[ins.arg]
+            lanes = torch.arange(max(z.lanes, 1))
+            self.scalars[i] = self.mean(z, lanes)
+        elif isinstance(ins, ScalarFn):
+            self.scalars[i] = self._scalar_fn(ins)
+        else:  # pragma: no cover
+            raise TypeError(f"unknown instruction {ins!r}")
 
     def _zero(self, lanes):
         return torch.zeros(max(lanes, 1), dtype=_F64)
@@ -270,7 +285,8 @@ class _Evaluator:
             if a.method or a.err:  # Cauchy-Schwarz: |E[dA B]| <= |dA| |B|
                 bound = a.err * (self.norm(b) + b.err) if a.err else 0.0
                 q = self._quality(a, lx.shape[0])
-                parts.append((one, Estimate(q.value, q.error * 0 + bound, q.method)))
+                bound = torch.full_like(q.error, bound)  # inf stays inf, never nan
+                parts.append((one, Estimate(q.value, bound, q.method)))
         if not parts:
             return _exact(torch.zeros(lx.shape[0], dtype=_F64))
         return _combine(parts)
@@ -417,14 +433,16 @@ class _Evaluator:
         if not ctx.leaves:  # deterministic: no Gaussian input at all
             rows = torch.arange(ctx.P)
             return _exact(f(torch.zeros(ctx.P, 1, 0, dtype=_F64), rows)[:, 0])
-        return gaussian.expect(f, ctx.covariance(), indexed=True, **self._opts())
+        opts = {**self._opts(), **ctx.kink_options()}
+        return gaussian.expect(f, ctx.covariance(), indexed=True, **opts)
 
     def _generic_grad(self, root):
         """``E[d root / d leaf]`` for every Gaussian leaf of ``root``."""
         ctx, f = self._integrand([root], lambda v: v[0])
         smooth = root[0].smooth
+        opts = {**self._opts(), **ctx.kink_options()}
         est = gaussian.expect_grad(
-            f, ctx.covariance(), indexed=True, smooth=smooth, **self._opts()
+            f, ctx.covariance(), indexed=True, smooth=smooth, **opts
         )
         return est, ctx
 
@@ -485,6 +503,8 @@ class _Context:
         self.leaves: list = []  # ([(atom, coef (P,))], lanes of each atom (P,) list)
         self.leaf_of: dict = {}
         self.lanes_of: list = [lanes for _, lanes in roots]
+        # Kinks g_leaf + offset = 0 of the non-smooth functions (None: unknown).
+        self.planes: list | None = []
         seen: set = set()
         for r, (node, _) in enumerate(roots):
             self._collect(node, r, seen)
@@ -511,6 +531,34 @@ class _Context:
         else:
             for a in node.args:
                 self._collect(a, r, seen)
+            if not node.func.smooth:
+                self._note_kinks(node, r)
+
+    def _note_kinks(self, node, r):
+        """phi(u) with kinks t_i and u = leaf + const: planes leaf + const - t_i."""
+        kinks = node.func.kinks
+        if self.planes is None or kinks is None or node.scalars:
+            self.planes = None
+            return
+        (u,) = node.args
+        if not all(isinstance(t, _Atom) for t, _ in u.terms):
+            self.planes = None  # a kink on a curved surface: not resolved
+            return
+        leaf = self.leaf_of.get((id(u), r))
+        if leaf is None:
+            return  # a constant argument: no kink
+        const = _lane_sel(u.const, self.lanes_of[r])
+        self.planes += [(leaf, const - t) for t in kinks]
+
+    def kink_options(self) -> dict:
+        """``kinks``/``offsets`` for gaussian.expect when some kink is off 0."""
+        if not self.planes or all(not bool(b.any()) for _, b in self.planes):
+            return {}  # smooth, unknown kinks, or all on coordinate planes
+        rows = torch.zeros(len(self.planes), len(self.leaves), dtype=_F64)
+        for j, (leaf, _) in enumerate(self.planes):
+            rows[j, leaf] = 1.0
+        offsets = torch.stack([b for _, b in self.planes], dim=-1)  # (P, j)
+        return dict(kinks=rows, offsets=offsets)
 
     def covariance(self) -> torch.Tensor:
         k = len(self.leaves)
@@ -551,5 +599,5 @@ class _Context:
         return out
 
 
-def _func_of(nl) -> Func:
-    return Func(nl.name, nl.fn, 1, 0, bool(nl.smooth), nl)
+def _func_of(nl):
+    return func_of_nonlinearity(nl)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._func import VARIANTS, ProgramError, _as_func, _check_func
+from ._func import DIV, VARIANTS, ProgramError, _as_func, _check_func
 from ._handles import Matrix, Scalar, Vector
 from ._instructions import (
     InitMatrix,
@@ -280,7 +280,8 @@ class Program:
         for s in sidx:
             self._use_scalar(s, where)
         ratio = self._same_ratio(idx, where)
-        _check_func(func, where)
+        if func is not DIV:  # x / y is finite wherever y is; the test points vanish
+            _check_func(func, where)
         lanes = max(self._lanes[i] for i in idx + sidx)
         name = self._name(name, "v")
         ins = Nonlin(name, func, idx, sidx)
@@ -296,7 +297,10 @@ class Program:
         if len(coefs) != len(idx) or not idx:
             raise ProgramError(f"{where}: needs as many coefficients as vectors (>= 1)")
         if not all(math.isfinite(c) for c in coefs + (float(const),)):
-            raise ProgramError(f"{where}: coefficients must be finite, got {coefs}")
+            raise ProgramError(
+                f"{where}: coefficients and constant must be finite, got {coefs} "
+                f"and {float(const)}"
+            )
         ratio = self._same_ratio(idx, where)
         lanes = max(self._lanes[i] for i in idx)
         name = self._name(name, "v")
