@@ -291,6 +291,16 @@ def test_errors_name_the_parameter():
     with pytest.raises(ValueError, match="'head.weight'.*use MuReadout"):
         tpm.set_base_shapes(Bad(32), Bad(8))
 
+    class TiedLinear(nn.Module):  # mup raises here too
+        def __init__(self, w):
+            super().__init__()
+            self.emb = nn.Embedding(11, w)
+            self.head = nn.Linear(w, 11, bias=False)
+            self.head.weight = self.emb.weight  # should be MuSharedReadout
+
+    with pytest.raises(ValueError, match="'emb.weight'.*MuSharedReadout"):
+        tpm.set_base_shapes(TiedLinear(32), TiedLinear(8))
+
     class Odd(nn.Module):
         def __init__(self, w):
             super().__init__()

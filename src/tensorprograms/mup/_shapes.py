@@ -433,6 +433,11 @@ def _role(name: str, shape: InfShape, modules: Iterable[nn.Module]) -> tuple:
             )
         return Role.OUTPUT, embedding
     if embedding and len(shape) == 2:
+        tied_linear = any(isinstance(m, nn.Linear) for m in modules)
+        if tied_linear and shape[1].isinf() and not shape[0].isinf():
+            # an embedding weight also used by an nn.Linear head: a readout without
+            # the muP multiplier (set-up asks for MuSharedReadout)
+            return Role.OUTPUT, True
         return Role.INPUT, False
     if len(shape) == 1:
         return Role.VECTOR, False
