@@ -73,11 +73,19 @@ def test_reference_data_is_consistent():
             for kind in ("nngp", "ntk"):
                 k11, k12 = f[f"{name}/{kind}11"], f[f"{name}/{kind}12"]
                 assert k11.dtype == k12.dtype == np.float64
-                assert k11.shape == (n1, n1) and k12.shape == (n1, n2)
+                assert k11.shape[:2] == (n1, n1) and k12.shape[:2] == (n1, n2)
+                assert k11.shape[2:] == k12.shape[2:]  # (H, H, W, W) or ()
                 assert np.all(np.isfinite(k11)) and np.all(np.isfinite(k12))
-                # K(x1, x1) is a covariance: symmetric, positive semi-definite.
-                np.testing.assert_allclose(k11, k11.T, rtol=1e-12, atol=0)
-                assert np.linalg.eigvalsh(k11).min() > -1e-10 * np.abs(k11).max()
+                # K(x1, x1) is a covariance over (input, positions): symmetric,
+                # positive semi-definite.
+                nd = (k11.ndim - 2) // 2
+                rows = (0, *range(2, 2 + 2 * nd, 2))
+                cols = (1, *range(3, 3 + 2 * nd, 2))
+                mat = k11.transpose(*rows, *cols).reshape(
+                    np.prod([k11.shape[a] for a in rows]), -1
+                )
+                np.testing.assert_allclose(mat, mat.T, rtol=1e-12, atol=0)
+                assert np.linalg.eigvalsh(mat).min() > -1e-10 * np.abs(mat).max()
             keys -= {f"{name}/{s}" for s in ("x1", "x2", "nngp11", "nngp12")}
             keys -= {f"{name}/ntk11", f"{name}/ntk12"}
         assert not keys, f"arrays without a case: {sorted(keys)[:5]}"

@@ -13,7 +13,8 @@ neural-tangents' ``stax`` and writes
   the neural-tangents conventions that the case depends on;
 - ``tests/data/nt_reference.npz``: for case ``c`` the arrays ``c/x1`` (N1, ...),
   ``c/x2`` (N2, ...), ``c/nngp12``, ``c/ntk12`` (N1, N2) for x1 against x2 and
-  ``c/nngp11``, ``c/ntk11`` (N1, N1) for x1 against itself.
+  ``c/nngp11``, ``c/ntk11`` (N1, N1) for x1 against itself (followed by the
+  pairs of spatial axes, (H, H, W, W), when the readout keeps them).
 
 The spec is translated to ``stax`` here, layer by layer (``to_stax``); nothing from
 tensorprograms is imported, so the reference stays independent.
@@ -133,6 +134,32 @@ NOTES = {
         "independent per-offset weights pair equal offsets only); same for ntk. "
         "strides None means stride 1 (not window_shape); SAME pads as in Conv."
     ),
+    "parallel": (
+        "Parallel(branches) = serial(FanOut(k), parallel(*branches), "
+        "FanInConcat()) along channels: the per-unit kernel of the concatenation is "
+        "the branches' kernels averaged with weights proportional to their output "
+        "channels. The units of different branches are not identically "
+        "distributed, so neural-tangents refuses a nonlinearity right after the "
+        "concatenation; a Dense may follow (its kernel is linear in the mean)."
+    ),
+    "circular": (
+        "Padding 'CIRCULAR': periodic images; the padding of 'SAME' (same lo, hi "
+        "and output size ceil(H / stride)) filled with positions modulo H instead "
+        "of zeros, then a 'VALID' window; for Conv and AvgPool."
+    ),
+    "spatial_out": (
+        "The readout keeps spatial axes (no Flatten or pooling): kernels have "
+        "shape (N1, N2, H, H, W, W), the two positions of each spatial axis side by "
+        "side (neural-tangents' layout)."
+    ),
+    "sqrt_identity": (
+        "GlobalSelfAttention with linear_scaling=False (logits / sqrt(n_chan_key), "
+        "independent queries and keys) and attention_mechanism='IDENTITY': the "
+        "logits stay Gaussian with E[s s'] = QK_std^2 K(t, t') K(s, s'), and with "
+        "S(A, B) = sum over pairs of positions of A B, nngp' = (QK_std OV_std)^2 "
+        "S(K, K) K + b_std^2, ntk' = (QK_std OV_std)^2 (2 S(K, Theta) K + S(K, K) "
+        "(Theta + 4 K)) + b_std^2 (K, Theta of the layer input, x against x')."
+    ),
     "attention": (
         "SelfAttention = stax.GlobalSelfAttention with linear_scaling=True: keys "
         "and queries share one weight matrix (tied), logits q.k / (n_in * "
@@ -190,14 +217,15 @@ def _residual(kw):
 
 
 def _attention(kw):
-    if kw.get("linear_scaling", True) is not True:
-        raise ValueError("only linear_scaling=True (1/n logits) has a closed form")
+    linear = kw.get("linear_scaling", True)
+    if linear is not True and kw["attention_mechanism"] != "IDENTITY":
+        raise ValueError("1/sqrt(n) logits have a closed form only for IDENTITY")
     return stax.GlobalSelfAttention(
         n_chan_out=kw["n_chan_out"],
         n_chan_key=kw["n_chan_key"],
         n_chan_val=kw["n_chan_val"],
         n_heads=kw["n_heads"],
-        linear_scaling=True,
+        linear_scaling=linear,
         W_key_std=kw["W_key_std"],
         W_value_std=kw["W_value_std"],
         W_query_std=kw["W_query_std"],
@@ -207,8 +235,17 @@ def _attention(kw):
     )
 
 
+def _parallel(kw):
+    branches = [to_stax(b) for b in kw["branches"]]
+    return stax.serial(
+        stax.FanOut(len(branches)), stax.parallel(*branches), stax.FanInConcat()
+    )
+
+
 LAYERS = {
     "Dense": _dense,
+    "Identity": lambda kw: stax.Identity(),
+    "Parallel": _parallel,
     "Relu": lambda kw: stax.Relu(),
     "LeakyRelu": lambda kw: stax.LeakyRelu(kw["alpha"]),
     "ABRelu": lambda kw: stax.ABRelu(kw["a"], kw["b"]),
@@ -498,12 +535,193 @@ def attention_cases():
         yield {"name": name, "spec": spec, "input_shape": [5, 4], "notes": notes}
 
 
+def _case(name, spec, input_shape, notes):
+    return {"name": name, "spec": spec, "input_shape": input_shape, "notes": notes}
+
+
+def standard_width_cases():
+    """Standard parametrization: hidden widths (1 to 1000) and W_std enter the NTK;
+    b_std = 0 differs from None there (the bias still has a gradient)."""
+    erf, relu = ["Erf", {}], ["Relu", {}]
+    for b_std, tag in ((0.0, "b0"), (None, "nobias"), (0.7, "bias")):
+        spec = [
+            dense(1, 2.5, b_std, "standard"),
+            relu,
+            dense(1000, 0.6, b_std, "standard"),
+            erf,
+            dense(3, 1.9, b_std, "standard"),
+            ["Identity", {}],
+            dense(2, 0.8, b_std, "standard"),
+        ]
+        yield _case(
+            f"std_widths_{tag}",
+            spec,
+            [7],
+            ["input", "dense_standard", "relu", "erf"],
+        )
+
+
+def more_residual_cases():
+    relu, erf = ["Relu", {}], ["Erf", {}]
+    for param in ("ntk", "standard"):
+        inner = [erf, dense(32, 0.5, None, param)]
+        block = [
+            relu,
+            dense(32, 1.5, 0.1, param),
+            ["Residual", {"block": inner, "multiplier": 0.4}],
+        ]
+        for mult in (-1.5, 2.0):
+            spec = [
+                dense(32, 1.0, 0.1, param),
+                ["Residual", {"block": block, "multiplier": mult}],
+                [
+                    "Residual",
+                    {"block": [dense(32, 1.2, None, param)], "multiplier": 0.7},
+                ],
+                relu,
+                dense(1, 1.0, 0.0, param),
+            ]
+            yield _case(
+                f"resnest_m{mult:g}_{param}",
+                spec,
+                [6],
+                ["input", f"dense_{param}", "residual", "relu", "erf"],
+            )
+
+
+def parallel_cases():
+    relu, erf = ["Relu", {}], ["Erf", {}]
+    for param in ("ntk", "standard"):
+        branches = [
+            [relu, dense(4, 1.5, 0.2, param)],
+            [erf, dense(12, 0.7, None, param)],
+        ]
+        yield _case(
+            f"parallel_dense_{param}",
+            [
+                dense(8, 1.2, 0.1, param),
+                ["Parallel", {"branches": branches}],
+                dense(6, 1.3, 0.1, param),
+                relu,
+                dense(1, 1.0, 0.1, param),
+            ],
+            [5],
+            ["input", f"dense_{param}", "parallel", "relu", "erf"],
+        )
+
+
+def circular_cases():
+    relu = ["Relu", {}]
+    pool = {"window_shape": [3, 3], "strides": [1, 1], "padding": "CIRCULAR"}
+    for param in ("ntk", "standard"):
+        spec = [
+            conv(8, (3, 3), (2, 2), "CIRCULAR", 1.3, 0.1, param),
+            relu,
+            ["AvgPool", pool],
+            conv(8, (2, 3), (1, 1), "CIRCULAR", 1.2, 0.1, param),
+            relu,
+            ["Flatten", {}],
+            dense(1, 1.0, 0.1, param),
+        ]
+        yield _case(
+            f"conv_circular_{param}",
+            spec,
+            [6, 5, 2],
+            ["input", f"dense_{param}", "conv", "circular", "avgpool"]
+            + ["flatten", "relu"],
+        )
+    spec = [
+        conv(8, (4,), (3,), "CIRCULAR", 1.3, 0.1, "ntk"),
+        ["Erf", {}],
+        conv(8, (3,), (1,), "CIRCULAR", 1.2, None, "ntk"),
+        relu,
+        ["GlobalAvgPool", {}],
+        dense(1, 1.0, 0.1, "ntk"),
+    ]
+    yield _case(
+        "conv1d_circular_gap",
+        spec,
+        [8, 3],
+        ["input", "dense_ntk", "conv", "circular", "gap", "erf", "relu"],
+    )
+
+
+def spatial_output_cases():
+    for param in ("ntk", "standard"):
+        spec = [
+            conv(8, (3, 3), (1, 1), "SAME", 1.4, 0.1, param),
+            ["Relu", {}],
+            conv(3, (2, 2), (1, 1), "VALID", 1.0, 0.1, param),
+        ]
+        yield _case(
+            f"conv_spatial_output_{param}",
+            spec,
+            [4, 3, 2],
+            ["input", f"dense_{param}", "conv", "spatial_out", "relu"],
+        )
+
+
+def more_attention_cases():
+    relu = ["Relu", {}]
+    for mech in ("IDENTITY", "ABS", "RELU"):
+        att = attention(1.2, 0.9, 0.2)
+        att[1] = {**att[1], "attention_mechanism": mech}
+        yield _case(
+            f"attn_{mech.lower()}_gap",
+            [dense(64, 1.2, 0.1, "ntk"), att, relu, ["GlobalAvgPool", {}]]
+            + [dense(1, 1.0, None, "ntk")],
+            [5, 4],
+            ["input", "dense_ntk", "attention", "gap", "relu"],
+        )
+    for b_std in (0.2, None):
+        att = attention(1.1, 0.9, b_std)
+        att[1] = {**att[1], "linear_scaling": False, "attention_mechanism": "IDENTITY"}
+        yield _case(
+            f"attn_sqrt_identity_{'bias' if b_std else 'nobias'}",
+            [dense(64, 1.2, 0.1, "ntk"), att, relu, ["Flatten", {}]]
+            + [dense(1, 1.0, 0.1, "ntk")],
+            [5, 4],
+            ["input", "dense_ntk", "sqrt_identity", "flatten", "relu"],
+        )
+
+
+def deep_cases():
+    for act, W_std, b_std, note in (
+        ("Erf", 2.5, 0.5, "erf"),
+        ("Relu", 2**0.5, 0.0, "relu"),
+    ):
+        spec = []
+        for _ in range(30):
+            spec += [dense(8, W_std, b_std, "ntk"), [act, {}]]
+        spec.append(dense(1, 1.0, None, "ntk"))
+        yield _case(
+            f"deep30_{note}",
+            spec,
+            [4],
+            ["input", "dense_ntk", note],
+        )
+
+
+# In this order: a case's seed is its index, so new families go at the end.
+FAMILIES = (
+    mlp_cases,
+    residual_cases,
+    layernorm_cases,
+    conv_cases,
+    attention_cases,
+    standard_width_cases,
+    more_residual_cases,
+    parallel_cases,
+    circular_cases,
+    spatial_output_cases,
+    more_attention_cases,
+    deep_cases,
+)
+
+
 def all_cases():
-    yield from mlp_cases()
-    yield from residual_cases()
-    yield from layernorm_cases()
-    yield from conv_cases()
-    yield from attention_cases()
+    for family in FAMILIES:
+        yield from family()
 
 
 # ---------------------------------------------------------------------------
@@ -533,7 +751,7 @@ def compute(case, seed):
         if val.dtype != np.float64 or not np.all(np.isfinite(val)):
             raise RuntimeError(f"{case['name']}: {key} is {val.dtype} or not finite")
     for key, n in (("nngp12", N2), ("ntk12", N2), ("nngp11", N1), ("ntk11", N1)):
-        if out[key].shape != (N1, n):
+        if out[key].shape[:2] != (N1, n):
             raise RuntimeError(f"{case['name']}: {key} has shape {out[key].shape}")
     return out
 
@@ -556,7 +774,8 @@ def main(argv=None):
         "N2": N2,
         "arrays": "npz keys '<name>/x1' (N1, *input_shape), '<name>/x2' (N2, "
         "*input_shape), '<name>/nngp12', '<name>/ntk12' (N1, N2): x1 vs x2, "
-        "'<name>/nngp11', '<name>/ntk11' (N1, N1): x1 vs itself",
+        "'<name>/nngp11', '<name>/ntk11' (N1, N1): x1 vs itself; each followed by "
+        "(H, H, W, W) when the output keeps spatial axes",
         "inputs": "x1, x2 iid N(0, 1) from numpy default_rng(seed), except x2[0] "
         "= 0.7 * x1[0]: an exactly collinear pair (rho = 1). There the arc-cosine "
         "kernels' angle theta ~ sqrt(1 - rho) amplifies a relative error e of the "
@@ -581,7 +800,7 @@ def main(argv=None):
             arrays[f"{case['name']}/{key}"] = val
         notes = " | ".join(NOTES[k] for k in dict.fromkeys(case["notes"]))
         cases.append({**case, "seed": seed, "notes": notes})
-        print(f"{case['name']:45s} ntk11[0,0]={result['ntk11'][0, 0]:.6g}")
+        print(f"{case['name']:45s} ntk11[0,0]={result['ntk11'].flat[0]:.6g}")
     if len({c["name"] for c in cases}) != len(cases):
         raise RuntimeError("case names are not unique")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,8 @@ def from_spec(spec: Sequence) -> object:
     neural-tangents' stax: ``Dense`` with ``out_dim, W_std, b_std``, ``Conv`` with
     ``out_chan, filter_shape, strides, padding``, ...); neural-tangents' spelling
     ``parameterization`` is accepted too. ``Residual`` takes
-    ``{"block": spec_list, "multiplier": float}``.
+    ``{"block": spec_list, "multiplier": float}``, ``Parallel`` takes
+    ``{"branches": [spec_list, ...]}``.
 
     Args:
         spec: list of pairs [name, kwargs] (kwargs a dict, possibly empty or
@@ -67,6 +68,15 @@ def from_spec(spec: Sequence) -> object:
         kwargs = {_ALIASES.get(k, k): v for k, v in kwargs.items()}
         if name == "Residual" and isinstance(kwargs.get("block"), list | tuple):
             kwargs["block"] = from_spec(kwargs["block"])
+        if name == "Parallel":
+            branches = kwargs.pop("branches", None)
+            if not isinstance(branches, list | tuple) or kwargs:
+                raise ValueError(
+                    f"from_spec: entry {i} (Parallel) takes only 'branches', a list "
+                    f"of spec lists, got {item!r}"
+                )
+            layers.append(registry[name](*(from_spec(b) for b in branches)))
+            continue
         for key in ("filter_shape", "strides", "window_shape"):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])
