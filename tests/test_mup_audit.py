@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+import tensorprograms.mup as tpm
 from tensorprograms.mup import MuAdam, MuReadout, MuSGD, set_base_shapes
 from tensorprograms.mup._audit import TransferWarning, audit
 
@@ -117,3 +118,14 @@ def test_scheduler_that_overrides_groups():
     opt = MuAdam(m, lr=1e-2)
     r = audit(m, opt, Absolute(opt), warn=False)
     assert r.issues == ()
+
+
+def test_groups_without_hooks_are_reported_as_unscaled():
+    """mu_param_groups given to a plain optimizer: the factors are not applied."""
+    m = model()
+    opt = torch.optim.Adam(tpm.mu_param_groups(m, "adam", lr=1e-2))
+    assert {v["lr"] for v in tpm.effective_hparams(opt).values()} == {1e-2}
+    with pytest.warns(TransferWarning, match=r"does not scale 2\.weight"):
+        audit(m, opt)
+    tpm.attach_mu_hooks(opt)
+    assert len({v["lr"] for v in tpm.effective_hparams(opt).values()}) > 1

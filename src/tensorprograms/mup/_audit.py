@@ -28,6 +28,8 @@ import warnings
 import torch
 from torch import nn
 
+from ._optim import applied_factor
+
 
 class TransferWarning(UserWarning):
     """Something in a muP set-up that commonly breaks hyperparameter transfer."""
@@ -114,8 +116,8 @@ def _lr_factors(optimizer) -> dict[int, float]:
     out = {}
     for g in optimizer.param_groups:
         base = _global_lr(optimizer, g)
-        lr = float(g.get("_mu_saved", {}).get("lr", g["lr"])) * g.get(
-            "mu_lr_factor", 1.0
+        lr = float(g.get("_mu_saved", {}).get("lr", g["lr"])) * applied_factor(
+            optimizer, g, "mu_lr_factor"
         )
         for p in g["params"]:
             out[id(p)] = lr / base if base else math.nan
@@ -124,7 +126,8 @@ def _lr_factors(optimizer) -> dict[int, float]:
 
 def _effective_lrs(optimizer) -> list[float]:
     return [
-        float(g.get("_mu_saved", {}).get("lr", g["lr"])) * g.get("mu_lr_factor", 1.0)
+        float(g.get("_mu_saved", {}).get("lr", g["lr"]))
+        * applied_factor(optimizer, g, "mu_lr_factor")
         for g in optimizer.param_groups
     ]
 
@@ -138,7 +141,9 @@ def _ratios_change(optimizer, scheduler, steps: int = 3) -> bool:
         return False  # multiplies every group by one factor
     groups = optimizer.param_groups
     initial = [
-        float(g.get("initial_lr", g["lr"])) * g.get("mu_lr_factor", 1.0) for g in groups
+        float(g.get("initial_lr", g["lr"]))
+        * applied_factor(optimizer, g, "mu_lr_factor")
+        for g in groups
     ]
 
     def differs(lrs) -> bool:

@@ -235,6 +235,15 @@ def _apply(optimizer, *_) -> None:
             g[_SAVED] = saved
 
 
+def applied_factor(optimizer, group: Mapping, key: str) -> float:
+    """The factor ``group[key]`` (e.g. "mu_lr_factor") that a step of ``optimizer``
+    applies: 1 when the optimizer has no muP hooks (groups from
+    :func:`mu_param_groups` given to a plain optimizer)."""
+    if not optimizer.__dict__.get("_tp_mu_hooked", False):
+        return 1.0
+    return group.get(key, 1.0)
+
+
 def attach_mu_hooks(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """Make ``optimizer.step()`` apply each group's ``mu_*_factor`` (idempotent).
 
@@ -375,7 +384,8 @@ def MuAdamW(params, **kwargs):
 
 def effective_hparams(optimizer: torch.optim.Optimizer, model=None) -> dict:
     """The values each parameter is actually stepped with: ``lr``, ``weight_decay``
-    and ``eps`` times the group's muP factors.
+    and ``eps`` times the group's muP factors (not applied, so not counted, by an
+    optimizer without :func:`attach_mu_hooks`).
 
     Args:
         optimizer: a muP optimizer (or any optimizer: factors default to 1).
@@ -401,7 +411,9 @@ def effective_hparams(optimizer: torch.optim.Optimizer, model=None) -> dict:
         values = {}
         for key, fkey in (*_FACTOR_KEYS, _EPS_KEY):
             if key in g:
-                values[key] = saved.get(key, g[key]) * g.get(fkey, 1.0)
+                values[key] = saved.get(key, g[key]) * applied_factor(
+                    optimizer, g, fkey
+                )
         recorded = g.get("mu_names") or [None] * len(g["params"])
         for p, name in zip(g["params"], recorded):
             if name is None:
