@@ -464,6 +464,7 @@ def _role(name: str, shape: InfShape, modules: Iterable[nn.Module]) -> tuple:
         f"{[i for i, d in enumerate(shape) if d.isinf()]}; expected a weight whose "
         "infinite dimensions are fan_out (0) and/or fan_in (1), or a tensor with one "
         "infinite dimension; pass roles={name: 'hidden' | 'input' | ...} to say which"
+        + (" (mup trains a tensor with two widths as 'hidden')" if ninf == 2 else "")
     )
 
 
