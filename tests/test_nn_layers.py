@@ -380,3 +380,20 @@ def test_sqrt_attention_identity_mechanism_closed_form():
     scale = got.ntk.abs().max()
     assert float((nngp_mc - got.nngp).abs().max()) < 0.02 * scale
     assert float((ntk_mc - got.ntk).abs().max()) < 0.02 * scale
+
+
+def test_elementwise_tolerance_is_relative_for_large_kernels():
+    # E[exp(u) exp(u')] = exp((q1 + q2) / 2 + c): with variances ~8 the kernel is
+    # ~1e7, where an absolute 1e-9 is below its rounding (this used to raise). The
+    # tolerance is tol * max(1, size): check the stated 1e-9 relative, with margin
+    # for the closed form's own rounding (exp of a number ~16: ~1e-15 relative).
+    x = torch.from_numpy(np.random.default_rng(10).standard_normal((3, 4))) * 4.0
+    dense = nn.Dense(1, W_std=1.0, b_std=0.5)
+    base = dense.kernel(x)
+    net = nn.serial(dense, nn.Elementwise(torch.exp, deriv=torch.exp))
+    got = net.kernel(x)
+    q = base.nngp.diagonal()
+    dual = torch.exp((q[:, None] + q[None, :]) / 2 + base.nngp)
+    assert float(dual.max()) > 1e6
+    torch.testing.assert_close(got.nngp, dual, rtol=2e-9, atol=0)
+    torch.testing.assert_close(got.ntk, dual * base.ntk, rtol=2e-9, atol=0)

@@ -361,7 +361,14 @@ class Identity(_Activation):
 
 
 class _Numerical(_Activation):
-    """Dual kernels by `tensorprograms.gaussian.bivariate` to a stated tolerance."""
+    """Dual kernels by `tensorprograms.gaussian.bivariate` to a stated tolerance.
+
+    Each entry E[f(u) f(u')] (f = phi, then phi') is computed to an error of at most
+    ``tol * max(1, s)``, s = sqrt(E[f(u)^2] E[f(u')^2]) over the largest variances
+    of the tile, which bounds |E[f(u) f(u')]| (Cauchy-Schwarz): absolute for kernels
+    of order one, relative to the kernel's size for large ones (an absolute 1e-9 on
+    E[exp(u) exp(u')] ~ 1e7 is below its own rounding).
+    """
 
     tol = 1e-9
 
@@ -374,26 +381,40 @@ class _Numerical(_Activation):
         phi = self._nonlinearity()
         dphi = phi.derivative()
         _correlation(c, qa, qb, type(self).__name__)
-        opts = {"atol": self.tol, "rtol": 0.0}
         out = []
         for f in (phi, dphi):
-            est = gaussian.bivariate(f, f, qa, qb, c, **opts)
+            atol = self.tol * max(1.0, _size(gaussian, f, qa, qb))
+            est = gaussian.bivariate(f, f, qa, qb, c, atol=atol, rtol=0.0)
             worst = float(est.error.max()) if est.error.numel() else 0.0
-            if not worst <= self.tol:
+            if not worst <= atol:
                 raise ValueError(
                     f"{type(self).__name__}: Gaussian integral did not reach the "
-                    f"tolerance {self.tol:g} (estimated error {worst:.3g}); pass a "
-                    "larger tol"
+                    f"tolerance {atol:.3g} = tol * max(1, kernel size) (estimated "
+                    f"error {worst:.3g}); pass a larger tol"
                 )
             out.append(est.value.to(c.dtype))
         return out[0], out[1]
 
 
+def _size(gaussian, f, qa: torch.Tensor, qb: torch.Tensor) -> float:
+    """sqrt(E[f(u)^2] E[f(u')^2]) at the largest variances of both sides, which
+    bounds every |E[f(u) f(u')]| of the tile when E[f(u)^2] grows with the variance
+    (checked at both ends of each side: the largest of these)."""
+    ends = []
+    for q in (qa, qb):
+        q = q.reshape(-1)
+        pts = torch.stack([q.min(), q.max()]) if q.numel() else q.new_ones(1)
+        est = gaussian.bivariate(f, f, pts, pts, pts, atol=1e-6, rtol=1e-6)
+        ends.append(float(est.value.abs().max()))
+    return math.sqrt(ends[0] * ends[1])
+
+
 class Tanh(_Numerical):
-    """phi(x) = tanh(x); no closed form: quadrature to absolute error `tol`.
+    """phi(x) = tanh(x); no closed form: quadrature to error `tol`.
 
     Args:
-        tol: absolute error allowed for each E[phi phi'] and E[phi' phi'] entry.
+        tol: error allowed for each E[phi phi'] and E[phi' phi'] entry (absolute for
+            kernels of order one, relative beyond; see `_Numerical`).
 
     Example:
         >>> import torch
@@ -416,7 +437,7 @@ class Tanh(_Numerical):
 
 class Sigmoid(_Numerical):
     """phi(x) = 1 / (1 + exp(-x)) (the logistic function, not neural-tangents'
-    erf-based Sigmoid_like); quadrature to absolute error `tol`.
+    erf-based Sigmoid_like); quadrature to error `tol`.
 
     Example:
         >>> import torch
@@ -443,7 +464,8 @@ class Elementwise(_Numerical):
     Args:
         fn: elementwise function of a torch tensor (must be finite on the reals).
         deriv: its derivative (autograd of fn when None); used by the NTK.
-        tol: absolute error allowed for each dual-kernel entry.
+        tol: error allowed for each dual-kernel entry (absolute for kernels of
+            order one, relative beyond).
         name: name shown in messages.
 
     Example:
