@@ -308,21 +308,22 @@ def empirical_ntk(
         )
 
     try:
-        if implementation == "jacobian":
-            if fn.coupled:
-                return _ntk_coupled(fn, x1, x2, symmetric, trace_outputs)
+        if implementation == "jacobian" and fn.coupled:
+            theta = _ntk_coupled(fn, x1, x2, symmetric, trace_outputs)
+        elif implementation == "jacobian":
             chunk = chunk_size or max(1, budget // (2 * per_example))
             cache_x2 = (x2.shape[0] + chunk) * per_example <= budget
-            return _ntk_jacobian(
+            theta = _ntk_jacobian(
                 fn, x1, x2, symmetric, trace_outputs, chunk, n_out, cache_x2
             )
-        # Tangents J(x2)^T e: R x P; forward-mode products over a tile of c inputs:
-        # R x c x (activations + outputs), primal and tangent.
-        rows = chunk_size or max(
-            1, min(n_out * x2.shape[0], budget // (4 * fn.n_params * item))
-        )
-        tile = max(1, budget // (4 * rows * (acts + n_out) * 2 * item))
-        return _ntk_ntvp(fn, x1, x2, trace_outputs, rows, tile, n_out)
+        else:
+            # Tangents J(x2)^T e: R x P; forward-mode products over a tile of c
+            # inputs: R x c x (activations + outputs), primal and tangent.
+            rows = chunk_size or max(
+                1, min(n_out * x2.shape[0], budget // (4 * fn.n_params * item))
+            )
+            tile = max(1, budget // (4 * rows * (acts + n_out) * 2 * item))
+            theta = _ntk_ntvp(fn, x1, x2, trace_outputs, rows, tile, n_out)
     except RuntimeError as err:
         if "random" in str(err):
             raise ValueError(
@@ -331,6 +332,12 @@ def empirical_ntk(
                 "module.eval() first"
             ) from err
         raise
+    if symmetric:
+        # J J^T by BLAS need not be bit-symmetric: Theta_{oo'}(x, x') and
+        # Theta_{o'o}(x', x) are averaged, which changes only rounding.
+        swap = (1, 0) if trace_outputs else (1, 0, 3, 2)
+        theta = (theta + theta.permute(swap)) / 2
+    return theta
 
 
 def _sizes(fn: _Functional, x: torch.Tensor) -> tuple[int, int]:
