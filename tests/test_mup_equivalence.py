@@ -50,9 +50,10 @@ def test_same_init_and_outputs(cls, width):
 
 @pytest.mark.parametrize("cls", [MLP, GPT])
 @pytest.mark.parametrize("name", ["MuSGD", "MuAdam", "MuAdamW"])
-def test_same_learning_rates_and_training(cls, name):
+@pytest.mark.parametrize("decay", [0.01, None])  # None: the optimizer's default
+def test_same_learning_rates_and_training(cls, name, decay):
     ref, ours = build(mup, cls, 64), build(tpm, cls, 64)
-    kw = {"lr": 0.05, "weight_decay": 0.01}
+    kw = {"lr": 0.05} if decay is None else {"lr": 0.05, "weight_decay": decay}
     if name == "MuSGD":
         kw["momentum"] = 0.9
     opt_ref = getattr(mup, name)(ref.parameters(), **kw)

@@ -5,8 +5,8 @@ Drop-in for Microsoft's ``mup`` 1.0.0: code written for it runs by changing
 all deliberate: the metadata lives beside the model (survives deepcopy, pickle,
 ``torch.compile``, DDP, FSDP), set-up is idempotent, optimizer groups keep the
 global learning rate and apply muP's ratios at each step (so every LR scheduler
-keeps them), the tied readout's init does not grow with width, AdamW's default
-weight decay is PyTorch's, and errors say what is wrong.
+keeps them), the tied readout's init does not grow with width, and errors say
+what is wrong.
 
 Code that imports from ``mup``'s submodules (``mup.optim``, ``mup.layer``,
 ``mup.shape``, ``mup.infshape``, ``mup.init``) finds the same names here;

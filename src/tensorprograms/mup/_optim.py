@@ -370,7 +370,9 @@ def MuAdam(params, impl=Adam, **kwargs):
 
 def MuAdamW(params, **kwargs):
     """AdamW with muP learning rates; decoupled weight decay per
-    ``weight_decay_scaling`` (module docstring). Same signature as ``mup.MuAdamW``.
+    ``weight_decay_scaling`` (module docstring). Same signature and defaults as
+    ``mup.MuAdamW``: without ``weight_decay`` there is none (``mup`` sets 0 in every
+    group; ``torch.optim.AdamW`` alone would use 0.01).
 
     >>> from torch import nn
     >>> from tensorprograms.mup import set_base_shapes
@@ -379,6 +381,7 @@ def MuAdamW(params, **kwargs):
     >>> round(h["lr"] * h["weight_decay"], 12)
     0.001
     """
+    kwargs.setdefault("weight_decay", 0.0)
     return mu_optimizer(AdamW, params, "adam", **kwargs)
 
 
