@@ -101,6 +101,14 @@ def test_pooling_and_flatten_match_brute_force():
         win = win1[..., 2 * j1 : 2 * j1 + 2, j2 : j2 + 2]
         expected[:, :, i1, i2, j1, j2] = win.sum(axis=(2, 3, 4, 5)) / 16
     np.testing.assert_allclose(pooled, _nt_layout(expected), rtol=0, atol=TOL)
+    # normalize_edges: each output divided by its taps inside the image; the
+    # first axis has 2, 2, 1 of them, the second 2, 2, 2, 1.
+    edges = nn.AvgPool((2, 2), (2, 1), "SAME", normalize_edges=True).kernel(x)
+    taps = np.outer([2, 2, 1], [2, 2, 2, 1]).astype(float)
+    rescale = 16 / np.einsum("ij,kl->ijkl", taps, taps)
+    np.testing.assert_allclose(
+        edges.nngp.numpy(), _nt_layout(expected * rescale), rtol=0, atol=TOL
+    )
 
     gap = nn.GlobalAvgPool().kernel(x).nngp.numpy()
     means = xn.mean(axis=(1, 2))
@@ -142,14 +150,16 @@ def test_conv_net_finite_width_approaches_limit(head):
     assert float((emp - k.nngp).norm() / k.nngp.norm()) < 0.12
 
 
-@pytest.mark.parametrize("padding", ["SAME", "CIRCULAR"])
-def test_linear_conv_net_is_exact_at_any_width(padding):
+@pytest.mark.parametrize(
+    "padding,edges", [("SAME", False), ("CIRCULAR", False), ("SAME", True)]
+)
+def test_linear_conv_net_is_exact_at_any_width(padding, edges):
     # Without nonlinearities E_W[f f'] equals the limit at every width: Monte Carlo
     # over 2000 seeds of a width-3 network then matches up to its standard error.
     x = _x((3, 5, 2), seed=2)
     net = nn.serial(
         nn.Conv(3, (2,), padding=padding, W_std=1.1, b_std=0.3),
-        nn.AvgPool((3,), strides=(2,), padding=padding),
+        nn.AvgPool((3,), strides=(2,), padding=padding, normalize_edges=edges),
         nn.Flatten(),
         nn.Dense(1),
     )

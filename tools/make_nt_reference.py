@@ -142,6 +142,11 @@ NOTES = {
         "distributed, so neural-tangents refuses a nonlinearity right after the "
         "concatenation; a Dense may follow (its kernel is linear in the mean)."
     ),
+    "avgpool_edges": (
+        "AvgPool(normalize_edges=True): with SAME padding each output is divided "
+        "by the number of window positions inside the image instead of "
+        "prod(window_shape) (separable: a product of per-axis counts)."
+    ),
     "circular": (
         "Padding 'CIRCULAR': periodic images; the padding of 'SAME' (same lo, hi "
         "and output size ceil(H / stride)) filled with positions modulo H instead "
@@ -255,7 +260,10 @@ LAYERS = {
     "LayerNorm": lambda kw: stax.LayerNorm(axis=-1),
     "Conv": _conv,
     "AvgPool": lambda kw: stax.AvgPool(
-        _tuple(kw["window_shape"]), _tuple(kw["strides"]), kw["padding"]
+        _tuple(kw["window_shape"]),
+        _tuple(kw["strides"]),
+        kw["padding"],
+        normalize_edges=kw.get("normalize_edges", False),
     ),
     "GlobalAvgPool": lambda kw: stax.GlobalAvgPool(),
     "Flatten": lambda kw: stax.Flatten(),
@@ -685,6 +693,31 @@ def more_attention_cases():
         )
 
 
+def pool_edges_cases():
+    relu = ["Relu", {}]
+    pool = {
+        "window_shape": [3, 2],
+        "strides": [2, 1],
+        "padding": "SAME",
+        "normalize_edges": True,
+    }
+    spec = [
+        conv(8, (3, 3), (1, 1), "SAME", 1.4, 0.1, "ntk"),
+        relu,
+        ["AvgPool", pool],
+        conv(8, (2, 2), (1, 1), "VALID", 1.2, 0.1, "ntk"),
+        relu,
+        ["GlobalAvgPool", {}],
+        dense(1, 1.0, 0.1, "ntk"),
+    ]
+    yield _case(
+        "avgpool_normalize_edges_gap",
+        spec,
+        [6, 5, 2],
+        ["input", "dense_ntk", "conv", "avgpool", "avgpool_edges", "gap", "relu"],
+    )
+
+
 def deep_cases():
     for act, W_std, b_std, note in (
         ("Erf", 2.5, 0.5, "erf"),
@@ -716,6 +749,7 @@ FAMILIES = (
     spatial_output_cases,
     more_attention_cases,
     deep_cases,
+    pool_edges_cases,
 )
 
 

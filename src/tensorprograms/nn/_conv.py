@@ -166,12 +166,27 @@ def _conv_sum(k, batch_ndim, nd, full, filt, strides, geoms):
     return k
 
 
-def _pool_map(k, batch_ndim, nd, full, window, strides, geoms):
-    """Average pooling of each side independently (full mode)."""
+def _pool_map(k, batch_ndim, nd, full, window, strides, geoms, edges=False):
+    """Average pooling of each side independently (full mode); with `edges`, each
+    output is divided by its number of taps inside the input instead of the window
+    size (neural-tangents' normalize_edges)."""
     for t in range(nd):
         for a in (batch_ndim + t, batch_ndim + nd + t):
-            k = _window_mean(k, (a,), window[t], strides[t], geoms[t])
+            if not edges:
+                k = _window_mean(k, (a,), window[t], strides[t], geoms[t])
+                continue
+            counts = _tap_counts(k.shape[a], window[t], strides[t], geoms[t])
+            shape = [1] * k.ndim
+            shape[a] = -1
+            k = _window_sum(k, (a,), window[t], strides[t], geoms[t])
+            k = k.div_(k.new_tensor(counts).reshape(shape))
     return k
+
+
+def _tap_counts(n: int, size: int, stride: int, geom) -> list[int]:
+    """For each output along one axis, how many of its taps lie inside [0, n)."""
+    out, lo, _ = geom
+    return [sum(0 <= stride * i + o - lo < n for o in range(size)) for i in range(out)]
 
 
 def _check_spatial(in_shape, nd, layer):
@@ -388,16 +403,19 @@ class _ConvModule(torch.nn.Module):
 
 
 class AvgPool(Layer):
-    """Average pooling over windows (neural-tangents' AvgPool, normalize_edges off).
+    """Average pooling over windows (neural-tangents' AvgPool).
 
     Each output averages `window_shape` input positions, divided by the full window
-    size also where SAME padding adds zeros. The covariance is pooled on each side
+    size also where SAME padding adds zeros (``normalize_edges=True``: by the number
+    of positions inside the input). The covariance is pooled on each side
     independently: nngp'[i, j] = (1/k^2) sum_{o, o'} nngp[s i + o, s j + o'].
 
     Args:
         window_shape: window per spatial axis.
         strides: stride per spatial axis (None: 1, as neural-tangents).
         padding: "VALID", "SAME" or "CIRCULAR" (periodic, as in `Conv`).
+        normalize_edges: divide SAME windows at the edges by the positions they
+            cover (False, neural-tangents' default: by the window size).
 
     Example:
         >>> import torch
@@ -409,13 +427,29 @@ class AvgPool(Layer):
 
     _variance_only_ok = True
 
-    def __init__(self, window_shape, strides=None, padding: str = "VALID"):
+    def __init__(
+        self,
+        window_shape,
+        strides=None,
+        padding: str = "VALID",
+        normalize_edges: bool = False,
+    ):
         self.window_shape = _tuple(window_shape, None, "window_shape", "AvgPool")
         nd = len(self.window_shape)
         self.strides = (
             (1,) * nd if strides is None else _tuple(strides, nd, "strides", "AvgPool")
         )
         self.padding = _padding(padding, "AvgPool")
+        if not isinstance(normalize_edges, bool):
+            raise TypeError(
+                f"AvgPool: normalize_edges must be True or False, got "
+                f"{normalize_edges!r}"
+            )
+        self.normalize_edges = normalize_edges
+
+    def _edges(self) -> bool:
+        """Whether outputs are divided by their taps inside the input."""
+        return self.normalize_edges and self.padding == "SAME"
 
     def _geoms(self, spatial):
         return [
@@ -433,7 +467,7 @@ class AvgPool(Layer):
     def _step(self, s: _State, out_full: bool) -> _State:
         nd = len(s.spatial)
         wrap, geoms = _periodic(self.padding, self._geoms(s.spatial))
-        args = (nd, True, self.window_shape, self.strides, geoms)
+        args = (nd, True, self.window_shape, self.strides, geoms, self._edges())
 
         def pool(k, batch_ndim):
             k = wrap(k, _spatial_axes(batch_ndim, nd, True))
@@ -455,11 +489,17 @@ class AvgPool(Layer):
         nd = len(self.window_shape)
         pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
         window, strides = self.window_shape, self.strides
+        scale = None
+        if self._edges():  # window size / taps inside the input, per output
+            ones = F.pad(torch.ones(1, 1, *in_shape[:-1], dtype=ctx.dtype), pad)
+            scale = 1.0 / pool(ones, window, strides)[0, 0]
 
         def fn(x):
             x = wrap(x, [(1 + t,) for t in range(nd)])
-            h = F.pad(x.movedim(-1, 1), pad)
-            return pool(h, window, strides).movedim(1, -1)
+            h = pool(F.pad(x.movedim(-1, 1), pad), window, strides)
+            if scale is not None:
+                h = h * scale.to(h.device, h.dtype)
+            return h.movedim(1, -1)
 
         shape = (*(g[0] for g in geoms), in_shape[-1])
         return Function(fn, f"AvgPool{window}"), shape
