@@ -267,8 +267,8 @@ def test_model_at_base_width_is_plain_pytorch():
     plain.out._mu_width_mult = 1.0  # a MuReadout at multiplier 1 is nn.Linear
     for p, q in zip(plain.parameters(), model.parameters()):
         assert torch.equal(p, q)
-    opt_plain = torch.optim.AdamW(plain.parameters(), lr=0.01)
-    opt = tpm.MuAdamW(model.parameters(), lr=0.01)
+    opt_plain = torch.optim.AdamW(plain.parameters(), lr=0.01, weight_decay=0.01)
+    opt = tpm.MuAdamW(model.parameters(), lr=0.01, weight_decay=0.01)
     for m, o in ((plain, opt_plain), (model, opt)):
         for _ in range(3):
             o.zero_grad()
