@@ -7,8 +7,7 @@ from pathlib import Path
 
 import optuna
 
-from tensorprograms.mup._coord import builtin_coord_check, plot_coord_checks
-from tensorprograms.mup._sweep import transfer_sweep
+from tensorprograms.mup import builtin_coord_check, plot_coord_checks, transfer_sweep
 
 
 def parser(description: str, widths: str, coord_widths: str) -> argparse.ArgumentParser:

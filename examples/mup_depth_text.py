@@ -21,8 +21,7 @@ import optuna
 import torch
 from torch import nn
 
-from tensorprograms.mup._sweep import transfer_sweep
-from tensorprograms.mup._tasks import ResidualMLP, Task, _cross_entropy, stdlib_text
+from tensorprograms.mup import ResidualMLP, Task, stdlib_text, transfer_sweep
 
 
 class OneHotResidualMLP(nn.Module):
@@ -60,7 +59,7 @@ def char_task(context: int, steps: int) -> Task:
         module=lambda w, d, p: OneHotResidualMLP(w, d, p, len(vocab), context),
         batches=batches,
         eval_batch=next(batches(12345, 4096)),
-        loss_fn=_cross_entropy,
+        loss_fn=nn.functional.cross_entropy,  # logits (batch, vocab), y (batch)
         base_width=64,
         base_depth=2,
         widths=(64,),

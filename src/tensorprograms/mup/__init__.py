@@ -65,7 +65,7 @@ from ._shapes import (
 )
 from ._state import get_infshapes, get_state, named_infos
 from ._sweep import TransferResult, fail_stale_trials, run_grid, transfer_sweep
-from ._tasks import TASKS, Task, get_task, train
+from ._tasks import TASKS, ResidualMLP, Task, get_task, stdlib_text, train
 from .init import (
     eye_,
     kaiming_normal_,
@@ -97,6 +97,8 @@ __all__ = [
     "Task",
     "get_task",
     "train",
+    "ResidualMLP",
+    "stdlib_text",
     "set_base_shapes",
     "make_base_shapes",
     "get_shapes",
