@@ -348,3 +348,13 @@ def test_numerical_trouble_names_the_instruction():
     p.moment(y, name="big")
     with pytest.raises(FloatingPointError, match="Moment big = moment\\(expsq\\)"):
         tp.limit(p)
+
+
+def test_limit_errors_are_value_and_floating_point_errors():
+    # Callers may catch numerical trouble as either kind; both must work.
+    p = tp.Program()
+    x = p.vector("x")
+    p.scalar_fn(lambda t: 1.0 / t, p.moment(x), name="inv")
+    for kind in (ValueError, FloatingPointError, tp.LimitError):
+        with pytest.raises(kind, match="ScalarFn inv"):
+            tp.limit(p)

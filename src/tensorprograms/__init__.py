@@ -17,7 +17,7 @@ from . import (
 from .empirical import empirical_nngp, empirical_ntk
 from .finite import FiniteResult, run
 from .gaussian import Estimate
-from .limit import LimitResult, ZVector, limit
+from .limit import LimitError, LimitResult, ZVector, limit
 from .nonlinearities import (
     Nonlinearity,
     abrelu,
@@ -53,6 +53,7 @@ __all__ = [
     "FiniteResult",
     "limit",
     "LimitResult",
+    "LimitError",
     "ZVector",
     "Estimate",
     "Nonlinearity",

@@ -42,9 +42,9 @@ import torch
 from ..gaussian import Estimate
 from ..program import Program
 from ..program._handles import _Handle
-from ._evaluator import _Evaluator
+from ._evaluator import LimitError, _Evaluator
 
-__all__ = ["limit", "LimitResult", "ZVector"]
+__all__ = ["limit", "LimitResult", "LimitError", "ZVector"]
 
 # ----------------------------------------------------------------------------
 # Results

@@ -41,6 +41,13 @@ from ._z import (
 # The evaluator
 
 
+class LimitError(FloatingPointError, ValueError):
+    """The limit of an instruction could not be evaluated (an integral that is
+    infinite, a scalar limit that is not finite, a covariance that is not positive
+    semi-definite). Both a ``FloatingPointError`` (numerical trouble) and a
+    ``ValueError`` (what the evaluator raised underneath, e.g. for bad values)."""
+
+
 class _Evaluator:
     def __init__(self, program: Program, tol: float, mc_samples: int, seed: int):
         self.program = program
@@ -79,10 +86,10 @@ class _Evaluator:
                 self._step(i, ins, groups)
             except (ValueError, FloatingPointError) as exc:
                 what = f"{type(ins).__name__} {ins.name} = {ins.describe(names)}"
-                raise FloatingPointError(f"{what}: {exc}") from exc
+                raise LimitError(f"{what}: {exc}") from exc
             est = self.scalars.get(i)
             if est is not None and not bool(torch.isfinite(est.value).all()):
-                raise FloatingPointError(
+                raise LimitError(
                     f"{type(ins).__name__} {ins.name} = {ins.describe(names)}: the "
                     f"limit is not finite ({est.value.tolist()})"
                 )
@@ -213,11 +220,11 @@ class _Evaluator:
     def _check_psd(self, atom, family, where):
         c = self.cov[(atom.id, atom.id)]
         if not torch.isfinite(c).all():
-            raise FloatingPointError(f"{where}: the limit covariance is not finite")
+            raise LimitError(f"{where}: the limit covariance is not finite")
         if c.shape[0] > 1:
             ev = torch.linalg.eigvalsh((c + c.T) / 2)
             if float(ev.min()) < -1e-8 * max(float(ev.abs().max()), 1e-300):
-                raise FloatingPointError(
+                raise LimitError(
                     f"{where}: the limit covariance is not positive semi-definite "
                     f"(smallest eigenvalue {float(ev.min()):.3g})"
                 )
