@@ -296,7 +296,7 @@ def test_radial_rule_is_exact_for_chi_moments():
     # E[rho^j] for rho = |eps|, eps ~ N(0, I_r): 2^(j/2) Gamma((r + j)/2) / Gamma(r/2).
     for r in (1, 2):
         for m in (8, 64):
-            x, w = G._radial(m, r)
+            x, w = G._rules._radial(m, r)
             for j in range(0, min(2 * m, 40)):
                 exact = 2 ** (j / 2) * math.gamma((r + j) / 2) / math.gamma(r / 2)
                 assert float((w * x**j).sum()) == pytest.approx(exact, rel=1e-13)
@@ -344,7 +344,7 @@ def test_rank_three_with_many_kink_planes_falls_back_to_a_grid(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     A = torch.randn(12, 3, generator=gen, dtype=torch.float64)
     cov = A @ A.T
-    monkeypatch.setattr(G, "_sphere_rule", None)  # calling it would fail
+    monkeypatch.setattr(G._rules, "_sphere_rule", None)  # calling it would fail
     est = G.expect(lambda g: g.sum(-1) ** 2, cov)
     assert est.method == "quadrature"
     assert float(est.value) == pytest.approx(float(cov.sum()), rel=1e-12)
