@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from .. import gaussian
 from ._kernel import _State, mixed_message, pair_shapes, self_pair_shapes
 from ._layer import Layer
 from ._sample import Function
@@ -376,14 +377,12 @@ class _Numerical(_Activation):
         raise NotImplementedError
 
     def _dual(self, c, qa, qb):
-        from .. import gaussian
-
         phi = self._nonlinearity()
         dphi = phi.derivative()
         _correlation(c, qa, qb, type(self).__name__)
         out = []
         for f in (phi, dphi):
-            atol = self.tol * max(1.0, _size(gaussian, f, qa, qb))
+            atol = self.tol * max(1.0, _size(f, qa, qb))
             est = gaussian.bivariate(f, f, qa, qb, c, atol=atol, rtol=0.0)
             worst = float(est.error.max()) if est.error.numel() else 0.0
             if not worst <= atol:
@@ -396,7 +395,7 @@ class _Numerical(_Activation):
         return out[0], out[1]
 
 
-def _size(gaussian, f, qa: torch.Tensor, qb: torch.Tensor) -> float:
+def _size(f, qa: torch.Tensor, qb: torch.Tensor) -> float:
     """sqrt(E[f(u)^2] E[f(u')^2]) at the largest variances of both sides, which
     bounds every |E[f(u) f(u')]| of the tile when E[f(u)^2] grows with the variance
     (checked at both ends of each side: the largest of these)."""
