@@ -169,3 +169,9 @@ def test_division_by_a_vector_is_allowed():
     x, y = p.vector("x"), p.vector("y")
     z = x / (y * y + 1.0)
     assert z.instruction.func.name == "div"
+    # and its limit is right: E[X^2 / (Y^2 + 1)] = E[1 / (1 + Y^2)]
+    # = sqrt(pi / 2) e^(1/2) erfc(1 / sqrt 2) for independent standard normals.
+    s = p.moment(x * z)
+    exact = math.sqrt(math.pi / 2) * math.exp(0.5) * math.erfc(1 / math.sqrt(2))
+    est = tp.limit(p).estimate(s)
+    assert abs(float(est.value) - exact) <= float(est.error) + 1e-12
